@@ -1,0 +1,65 @@
+"""The regularizer R(theta) of Eq. 1: KL estimators and GTPO's entropy term."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from jgrpo.methods import KLEstimator, MethodSpec, Regularizer
+from jgrpo.ratios import masked, token_log_ratio
+from jgrpo.weights import gtpo_lambda, mean_entropy, normaliser, entropy_filter
+
+
+def kl_estimate(spec: MethodSpec, logp, logp_ref, mask):
+    """Per-token KL estimate ``[..., G, T]``, zero on padding.
+
+    With x = logp_ref - logp: k1 = -x, k2 = x^2/2, k3 = exp(x) - x - 1 (the
+    paper's D_KL = pi_ref/pi - log(pi_ref/pi) - 1), abs = |x|.
+
+    Note:
+      x is clamped to +-``kl_log_ratio_clamp`` (zero gradient beyond) and the
+      k3 value to +-``kl_value_clamp`` when set (verl's ``low_var_kl``).
+    """
+    x = masked(logp_ref, mask) - masked(logp, mask)
+    if spec.kl_log_ratio_clamp is not None:
+        x = jnp.clip(x, -spec.kl_log_ratio_clamp, spec.kl_log_ratio_clamp)
+    if spec.kl == KLEstimator.K1:
+        value = -x
+    elif spec.kl == KLEstimator.K2:
+        value = 0.5 * jnp.square(x)
+    elif spec.kl == KLEstimator.ABS:
+        value = jnp.abs(x)
+    else:
+        value = jnp.exp(x) - x - 1.0
+        if spec.kl_value_clamp is not None:
+            value = jnp.clip(value, -spec.kl_value_clamp, spec.kl_value_clamp)
+    return masked(value, mask)
+
+
+def regularizer_terms(spec: MethodSpec, logp, batch, advantages):
+    """Per-token value and weight of R, ``R = sum_t weight * value`` per prompt.
+
+    - ``kl``: value D_KL, weight = the policy normaliser without 1/sigma.
+    - ``kl_importance``: value I * D_KL (DeepSeek-V3.2), same weight.
+    - ``gtpo_entropy``: value I, weight delta_i <H>_i / (G |o_i|) lambda_{i,t}.
+
+    Returns:
+      ``(value, weight)``, each ``[..., G, T]``; zeros when R is off.
+    """
+    mask = batch.mask
+    if spec.regularizer == Regularizer.NONE:
+        zeros = jnp.zeros(mask.shape, logp.dtype)
+        return zeros, zeros
+    ratio = jnp.exp(
+        jnp.clip(token_log_ratio(logp, batch.logp_old.astype(logp.dtype), mask), spec.log_ratio_min, spec.log_ratio_max)
+    )
+    if spec.regularizer == Regularizer.GTPO_ENTROPY:
+        g = mask.shape[-2]
+        m = mask.astype(jnp.float32)
+        length = jnp.maximum(jnp.sum(m, axis=-1), 1.0)
+        per = entropy_filter(spec, batch.entropy, mask) * mean_entropy(batch.entropy, mask) / (g * length)
+        weight = per[..., None] * gtpo_lambda(spec, batch.tokens, mask, advantages)
+        return masked(ratio, mask), weight.astype(logp.dtype)
+    value = kl_estimate(spec, logp, batch.logp_ref.astype(logp.dtype), mask)
+    if spec.regularizer == Regularizer.KL_IMPORTANCE:
+        value = ratio * value
+    return masked(value, mask), normaliser(spec, mask).astype(logp.dtype)

@@ -1,0 +1,190 @@
+"""Token weights alpha_{i,t} of Eq. 1 (Table 1, column alpha).
+
+alpha = normaliser (Agg/Scope) * reward scale (1/sigma) * method factors
+(CPPO pruning, V3.2 off-policy mask, GTPO delta*lambda, GPG alpha-hat/F_norm).
+Each factor is a separate function so analyses can take any of them apart.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jgrpo.advantages import group_all_equal, reward_scale, reward_std
+from jgrpo.methods import Agg, FNorm, GpgRescale, MethodSpec, Scope
+
+
+def lengths(mask):
+    """``[..., G, T] -> [..., G]`` float32 completion lengths L_i = sum_t m_{i,t}."""
+    return jnp.sum(mask.astype(jnp.float32), axis=-1)
+
+
+def num_prompts(mask) -> int:
+    """B: the number of groups (product of the leading dims; 1 for ``[G, T]``)."""
+    return math.prod(mask.shape[:-2])
+
+
+def _safe_inv(x):
+    return jnp.where(x > 0, 1.0 / jnp.where(x > 0, x, 1.0), 0.0)
+
+
+def normaliser(spec: MethodSpec, mask):
+    """The aggregation part of alpha, ``[..., G, T]``, zero on padding.
+
+    Implements the token normalisers of Table 1 (1/(G|o_i|), 1/sum_j|o_j|, 1/G,
+    1/(G L)) and verl's ``agg_loss`` modes; see :class:`jgrpo.methods.Agg`.
+
+    Note:
+      The loss is the mean over prompts of -J_b. With ``Scope.BATCH`` the
+      counts run over the whole batch and alpha is multiplied by B, so that the
+      mean over prompts equals verl's single batch-wide sum.
+    """
+    m = mask.astype(jnp.float32)
+    length = lengths(mask)[..., None]  # [..., G, 1]
+    g, t = mask.shape[-2:]
+    if spec.scope == Scope.GROUP:
+        n_rows = jnp.float32(g)
+        n_tokens = jnp.sum(length, axis=-2, keepdims=True)  # [..., 1, 1]
+        factor = 1.0
+    else:
+        n_rows = jnp.sum((length > 0).astype(jnp.float32))
+        n_tokens = jnp.sum(length)
+        factor = float(num_prompts(mask))
+    norm_length = spec.norm_length if spec.norm_length > 0 else float(t)
+    if spec.agg == Agg.SEQ_MEAN_TOKEN_MEAN:
+        w = _safe_inv(n_rows * length)
+    elif spec.agg == Agg.SEQ_MEAN_TOKEN_SUM:
+        w = _safe_inv(n_rows) * jnp.ones_like(length)
+    elif spec.agg == Agg.SEQ_MEAN_TOKEN_SUM_NORM:
+        w = _safe_inv(n_rows * norm_length) * jnp.ones_like(length)
+    elif spec.agg == Agg.TOKEN_MEAN:
+        w = _safe_inv(n_tokens) * jnp.ones_like(length)
+    else:  # TOKEN_SUM
+        w = jnp.ones_like(length)
+    return factor * w * m
+
+
+def prune_factor(spec: MethodSpec, advantages):
+    """CPPO: ``[..., G]`` 1{|A_i| > gamma} (1 everywhere when pruning is off)."""
+    if spec.prune_gamma is None:
+        return jnp.ones_like(advantages)
+    return (jnp.abs(advantages) > spec.prune_gamma).astype(advantages.dtype)
+
+
+def offpolicy_mask(spec: MethodSpec, advantages, log_ratio, mask):
+    """DeepSeek-V3.2: ``[..., G]`` M_i = 0 if A_i < 0 and mean_t log(pi_old/pi) > delta, else 1.
+
+    ``log_ratio`` is log(pi/pi_old), zero on padding. Piecewise constant: no gradient.
+    """
+    if spec.offpolicy_delta is None:
+        return jnp.ones_like(advantages)
+    mean_kl = -jnp.sum(log_ratio, axis=-1) * _safe_inv(lengths(mask))
+    masked = (advantages < 0) & (jax.lax.stop_gradient(mean_kl) > spec.offpolicy_delta)
+    return jnp.where(masked, 0.0, 1.0).astype(advantages.dtype)
+
+
+def _conflicts_aligned(tokens, valid, sign):
+    """Positions where a completion of opposite advantage sign has the same token.
+
+    tokens, valid: ``[..., G, T]``; sign: ``[..., G]``. Returns bool ``[..., G, T]``.
+    """
+    same = tokens[..., :, None, :] == tokens[..., None, :, :]  # [..., G, G, T]
+    both = valid[..., :, None, :] & valid[..., None, :, :]
+    opposite = (sign[..., :, None] * sign[..., None, :]) < 0  # [..., G, G]
+    return jnp.any(same & both & opposite[..., None], axis=-2)
+
+
+def _leading_run(flags):
+    """Keeps only the run of True values starting at position 0 along the last axis."""
+    return jnp.cumprod(flags.astype(jnp.int32), axis=-1).astype(bool)
+
+
+def conflict_tokens(tokens, mask, advantages):
+    """GTPO conflict tokens, bool ``[..., G, T]``.
+
+    A token is a conflict token when a completion of opposite advantage sign
+    has the same token at the same position, inside the leading run of such
+    positions from the start; or at the same position counted from the end,
+    inside the trailing run from the end (GTPO, arXiv 2508.03772).
+
+    Note:
+      Completions are right-padded: the mask of each row is a prefix of ones.
+    """
+    valid = mask.astype(bool)
+    sign = jnp.sign(advantages)
+    lead = _leading_run(_conflicts_aligned(tokens, valid, sign) & valid)
+    # Align every row at its end: rev[p] = row[L - 1 - p].
+    t = mask.shape[-1]
+    length = jnp.sum(valid, axis=-1, keepdims=True).astype(jnp.int32)
+    pos = jnp.arange(t)
+    rev_idx = jnp.clip(length - 1 - pos, 0, t - 1)
+    rev_valid = pos < length
+    rev_tokens = jnp.take_along_axis(tokens, rev_idx, axis=-1)
+    trail_rev = _leading_run(_conflicts_aligned(rev_tokens, rev_valid, sign) & rev_valid)
+    trail = jnp.take_along_axis(trail_rev, rev_idx, axis=-1) & valid
+    return lead | trail
+
+
+def gtpo_lambda(spec: MethodSpec, tokens, mask, advantages):
+    """GTPO's lambda_{i,t}: w on conflict tokens of positive completions, 0 on those of negative ones, else 1."""
+    conflict = conflict_tokens(tokens, mask, advantages)
+    pos = (advantages > 0)[..., None]
+    lam = jnp.where(conflict, jnp.where(pos, spec.gtpo_w, 0.0), 1.0)
+    return lam * mask.astype(jnp.float32)
+
+
+def mean_entropy(entropy, mask):
+    """<H>_i: ``[..., G]`` mean per-token entropy of each completion."""
+    m = mask.astype(jnp.float32)
+    return jnp.sum(jnp.where(m > 0, entropy.astype(jnp.float32), 0.0), axis=-1) * _safe_inv(lengths(mask))
+
+
+def entropy_filter(spec: MethodSpec, entropy, mask):
+    """GTPO's delta_i = 1{<H>_i <= threshold} ``[..., G]`` (1 when no threshold)."""
+    if spec.entropy_threshold is None or entropy is None:
+        return jnp.ones(mask.shape[:-1], jnp.float32)
+    return (mean_entropy(entropy, mask) <= spec.entropy_threshold).astype(jnp.float32)
+
+
+def gpg_factor(spec: MethodSpec, rewards):
+    """GPG's alpha-hat / F_norm, a scalar.
+
+    ``groups``: alpha-hat = B / (B - M), M groups whose rewards are all equal.
+    ``nonzero``: alpha-hat = (B*G) / max(#non-zero rewards, 1) as in verl.
+    F_norm: 1, or the std of all rewards of the batch (+ std_eps; 1 if zero).
+    """
+    factor = jnp.float32(1.0)
+    if spec.gpg_rescale == GpgRescale.GROUPS:
+        b = num_prompts(rewards[..., None])
+        m = jnp.sum(group_all_equal(rewards).astype(jnp.float32))
+        factor = jnp.where(b - m > 0, b / jnp.maximum(b - m, 1.0), 1.0)
+    elif spec.gpg_rescale == GpgRescale.NONZERO:
+        n = rewards.size
+        factor = n / jnp.maximum(jnp.sum((rewards != 0).astype(jnp.float32)), 1.0)
+    if spec.f_norm == FNorm.BATCH_STD:
+        sigma = reward_std(rewards, ddof=spec.std_ddof, axis=tuple(range(rewards.ndim))).reshape(())
+        denom = sigma + spec.std_eps
+        factor = factor * jnp.where(denom > 0, 1.0 / jnp.where(denom > 0, denom, 1.0), 1.0)
+    return factor
+
+
+def policy_weights(spec: MethodSpec, batch, advantages, log_ratio):
+    """alpha_{i,t} of Eq. 1 for the policy term, ``[..., G, T]`` (zero on padding).
+
+    Args:
+      spec: the method.
+      batch: the :class:`jgrpo.GroupBatch`.
+      advantages: ``[..., G]`` centred advantages A_i.
+      log_ratio: ``[..., G, T]`` log(pi/pi_old), zero on padding (for V3.2's mask).
+    """
+    per_completion = reward_scale(spec, batch.rewards.astype(jnp.float32))
+    per_completion = per_completion * prune_factor(spec, advantages)
+    per_completion = per_completion * offpolicy_mask(spec, advantages, log_ratio, batch.mask)
+    per_completion = per_completion * entropy_filter(spec, batch.entropy, batch.mask)
+    per_completion = per_completion * gpg_factor(spec, batch.rewards.astype(jnp.float32))
+    alpha = normaliser(spec, batch.mask) * per_completion[..., None]
+    if spec.gtpo_conflicts:
+        alpha = alpha * gtpo_lambda(spec, batch.tokens, batch.mask, advantages)
+    return alpha
