@@ -1,0 +1,1 @@
+"""Jitted analysis functions, one module per proposition of arXiv 2601.05002."""

@@ -1,0 +1,301 @@
+"""Momentum-aware optax transforms of jgrpo.optim against textbook loops and toy GRPO problems."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jgrpo import optim
+
+H = np.array([1.0, 4.0, 0.25], np.float64)
+C = np.array([0.5, -1.0, 2.0], np.float64)
+
+
+def quad_grad(x, batch):
+    """Gradient of 0.5 sum h (x - c - 0.3 batch)^2: the 'batch' moves the minimum."""
+    return H * (x - C - 0.3 * batch)
+
+
+def textbook_adam(steps, *, lr, b1, b2, eps, reset_every=None, reset="all", gates=None, wd=0.0):
+    """Plain-Python float64 Adam(W) loop on the quadratic, with optional resets / momentum gates."""
+    x = np.zeros(3)
+    m, v, t = np.zeros(3), np.zeros(3), 0
+    xs = []
+    for step in range(steps):
+        batch = step // reset_every if reset_every else 0
+        if reset_every and step % reset_every == 0:
+            t = 0
+            if reset == "all":
+                m, v = np.zeros(3), np.zeros(3)
+        g = quad_grad(x, batch)
+        gate = 1.0 if gates is None else gates[step]
+        t += 1
+        m = b1 * gate * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        u = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+        x = x - lr * (u + wd * x)
+        xs.append(x.copy())
+    return np.array(xs)
+
+
+def run_transform(opt, steps, extra_fn):
+    x = jnp.zeros(3, jnp.float32)
+    state = opt.init(x)
+    update = jax.jit(lambda g, s, p, extra: opt.update(g, s, p, **extra))
+    xs = []
+    for step in range(steps):
+        extra = extra_fn(step)
+        batch = extra.pop("_batch", 0)
+        g = jnp.asarray(quad_grad(np.asarray(x, np.float64), batch), jnp.float32)
+        u, state = update(g, state, x, extra)
+        x = optax.apply_updates(x, u)
+        xs.append(np.asarray(x))
+    return np.array(xs), state
+
+
+# ---------------------------------------------------------------------------- reset
+
+
+@pytest.mark.parametrize("reset", ["all", "count"])
+def test_reset_adam_against_textbook(reset):
+    steps, every = 12, 4
+    opt = optim.adam_with_reset(learning_rate=0.05, b1=0.9, b2=0.95, eps=1e-8, reset=reset)
+    xs, state = run_transform(opt, steps, lambda s: {"new_batch": s % every == 0, "_batch": s // every})
+    ref = textbook_adam(steps, lr=0.05, b1=0.9, b2=0.95, eps=1e-8, reset_every=every, reset=reset)
+    np.testing.assert_allclose(xs, ref, rtol=1e-5, atol=1e-6)
+    assert int(state[0].num_resets) == 3
+    assert int(state[0].inner_state.count) == steps - 2 * every
+
+
+def test_reset_really_zeroes_the_moments():
+    opt = optim.scale_by_adam_with_reset(b1=0.9, b2=0.99)
+    params = jnp.ones(3)
+    state = opt.init(params)
+    for _ in range(5):
+        _, state = opt.update(jnp.array([1.0, -2.0, 3.0]), state, params)
+    assert float(jnp.abs(state.inner_state.mu).sum()) > 0 and int(state.num_resets) == 0
+    g = jnp.array([0.5, 0.5, -0.5])
+    u, new = opt.update(g, state, params, new_batch=True)
+    # after the reset: m = (1-b1) g, v = (1-b2) g^2, count = 1 -- a first-ever Adam step
+    np.testing.assert_allclose(new.inner_state.mu, 0.1 * g, rtol=1e-6)
+    np.testing.assert_allclose(new.inner_state.nu, 0.01 * g**2, rtol=1e-6)
+    assert int(new.inner_state.count) == 1 and int(new.num_resets) == 1
+    first, _ = optax.scale_by_adam(b1=0.9, b2=0.99).update(g, optax.scale_by_adam(b1=0.9, b2=0.99).init(params))
+    np.testing.assert_array_equal(u, first)
+    # new_batch=False (or omitted) is plain Adam
+    plain = optax.scale_by_adam(b1=0.9, b2=0.99)
+    ps = plain.init(params)
+    rs = opt.init(params)
+    for i in range(4):
+        gi = jnp.array([1.0, -2.0, 3.0]) * (i + 1)
+        up, ps = plain.update(gi, ps)
+        ur, rs = opt.update(gi, rs, params, new_batch=False)
+        np.testing.assert_array_equal(up, ur)
+
+
+def test_reset_on_new_batch_wraps_any_transform():
+    opt = optim.reset_on_new_batch(optax.trace(decay=0.9))
+    p = jnp.zeros(2)
+    s = opt.init(p)
+    _, s = opt.update(jnp.ones(2), s, p)
+    _, s = opt.update(jnp.ones(2), s, p)
+    np.testing.assert_allclose(s.inner_state.trace, 1.9)
+    u, s = opt.update(jnp.ones(2), s, p, new_batch=jnp.array(True))
+    np.testing.assert_allclose(u, 1.0)
+
+
+# ---------------------------------------------------------------------------- gate
+
+
+def test_gate_with_zero_clip_fraction_is_plain_adam_exactly():
+    opt = optim.gated_adam(learning_rate=0.05, b1=0.9, b2=0.95)
+    ref = optax.adam(0.05, b1=0.9, b2=0.95)
+    p = jnp.zeros(3)
+    s, rs = opt.init(p), ref.init(p)
+    for _ in range(8):
+        g = jnp.asarray(quad_grad(np.asarray(p, np.float64), 0), jnp.float32)
+        u, s = opt.update(g, s, p, clip_fraction=0.0)
+        ur, rs = ref.update(g, rs, p)
+        np.testing.assert_array_equal(u, ur)
+        p = optax.apply_updates(p, u)
+    assert int(s[0].num_gated) == 0 and float(s[0].gate) == 1.0
+
+
+def test_gated_adam_against_textbook():
+    steps = 10
+    fracs = np.array([0, 0, 0.25, 0.5, 1.0, 0, 0.1, 0.9, 0, 0.4])
+    opt = optim.gated_adam(learning_rate=0.05, b1=0.9, b2=0.95, eps=1e-8)
+    xs, state = run_transform(opt, steps, lambda s: {"clip_fraction": float(fracs[s])})
+    ref = textbook_adam(steps, lr=0.05, b1=0.9, b2=0.95, eps=1e-8, gates=1 - fracs)
+    np.testing.assert_allclose(xs, ref, rtol=1e-5, atol=1e-6)
+    assert int(state[0].num_gated) == 6
+    assert float(state[0].gate) == pytest.approx(0.6)
+
+
+def test_all_clipped_with_zero_gradient_stops_the_overshoot():
+    opt = optim.scale_by_gated_adam(b1=0.9, b2=0.95)
+    p = jnp.zeros(2)
+    s = opt.init(p)
+    for _ in range(10):
+        _, s = opt.update(jnp.ones(2), s, p)
+    u_stale, _ = opt.update(jnp.zeros(2), s, p)  # plain Adam: C_T ~ 0.92 of the last step
+    assert float(u_stale[0]) > 0.9
+    u, s2 = opt.update(jnp.zeros(2), s, p, all_clipped=True)
+    np.testing.assert_array_equal(u, 0.0)
+    assert float(s2.gate) == 0.0
+    u, _ = opt.update(jnp.zeros(2), s, p, clip_fraction=1.0)
+    np.testing.assert_array_equal(u, 0.0)
+
+
+def test_gate_rejects_non_scalar_clip_fraction():
+    opt = optim.scale_by_gated_adam()
+    s = opt.init(jnp.zeros(2))
+    with pytest.raises(ValueError, match="clip_fraction must be a scalar"):
+        opt.update(jnp.ones(2), s, None, clip_fraction=jnp.ones(2))
+
+
+# ---------------------------------------------------------------------------- composition
+
+
+def test_chain_with_weight_decay_matches_adamw():
+    opt = optax.chain(
+        optim.scale_by_gated_adam(b1=0.9, b2=0.95),
+        optax.add_decayed_weights(0.1),
+        optax.scale_by_learning_rate(0.05),
+    )
+    xs, _ = run_transform(opt, 8, lambda s: {"clip_fraction": 0.0, "new_batch": False})
+    ref = textbook_adam(8, lr=0.05, b1=0.9, b2=0.95, eps=1e-8, wd=0.1)
+    np.testing.assert_allclose(xs, ref, rtol=1e-5, atol=1e-6)
+    xs2, _ = run_transform(optax.adamw(0.05, b1=0.9, b2=0.95, weight_decay=0.1), 8, lambda s: {})
+    np.testing.assert_allclose(xs, xs2, rtol=1e-6, atol=1e-7)
+
+
+def test_inject_hyperparams_and_vmap_one_compile():
+    traces = []
+    gated = optax.inject_hyperparams(optim.gated_adam)(learning_rate=0.05, b1=0.9, b2=0.95)
+    reset = optax.inject_hyperparams(optim.adam_with_reset)(learning_rate=0.05, b1=0.9, b2=0.95, reset="count")
+    p = jnp.zeros(3)
+
+    def run(lr, b1):
+        traces.append(1)
+        out = []
+        for opt, extra, shift in ((gated, {"clip_fraction": 0.5}, 0.0), (reset, {"new_batch": True}, 0.3)):
+            s = opt.init(p)
+            s.hyperparams["learning_rate"] = lr
+            s.hyperparams["b1"] = b1
+            x = p
+            for i in range(3):  # with reset_every=1 every step is a new batch (the minimum moves by 0.3)
+                u, s = opt.update(H * (x - C - shift * i), s, x, **extra)
+                x = optax.apply_updates(x, u)
+            out.append(x)
+        return out
+
+    run_j = jax.jit(jax.vmap(run))
+    lrs, b1s = jnp.array([0.01, 0.05, 0.1]), jnp.array([0.5, 0.9, 0.0])
+    xg, xr = run_j(lrs, b1s)
+    for i in range(3):
+        ref_g = textbook_adam(3, lr=float(lrs[i]), b1=float(b1s[i]), b2=0.95, eps=1e-8, gates=[0.5] * 3)
+        np.testing.assert_allclose(xg[i], ref_g[-1], rtol=1e-5, atol=1e-6)
+        ref_r = textbook_adam(3, lr=float(lrs[i]), b1=float(b1s[i]), b2=0.95, eps=1e-8, reset_every=1, reset="count")
+        np.testing.assert_allclose(xr[i], ref_r[-1], rtol=1e-5, atol=1e-6)
+    run_j(lrs * 0.5, b1s)
+    assert len(traces) == 1
+
+
+def test_bad_hyperparameters_are_named():
+    with pytest.raises(ValueError, match="reset must be one of"):
+        optim.scale_by_adam_with_reset(reset="moments")
+    with pytest.raises(ValueError, match="b1 must be in"):
+        optim.scale_by_gated_adam(b1=1.0)
+    with pytest.raises(ValueError, match="max_backtracks"):
+        optim.trust_region_guard(max_backtracks=-1)
+    with pytest.raises(ValueError, match="eps_high"):
+        optim.trust_region_guard(eps_high=-0.1)
+
+
+# ---------------------------------------------------------------------------- trust-region guard
+
+
+V_TOK, EPS_LOW, EPS_HIGH = 5, 0.2, 0.2
+TOKENS = jnp.array([0, 1, 2, 3, 1, 4])
+ADV = jnp.array([1.0, -1.0, 0.5, -0.5, -1.0, 1.0])
+LOGITS_OLD = jnp.array([0.3, -0.2, 0.1, 0.0, -0.4])
+
+
+def ratios(logits):
+    """Tabular softmax policy: s_i = pi(y_i)/pi_old(y_i) for six sampled tokens."""
+    logp = jax.nn.log_softmax(logits)[TOKENS]
+    logp_old = jax.nn.log_softmax(LOGITS_OLD)[TOKENS]
+    return jnp.exp(logp - logp_old)
+
+
+def grpo_loss(logits):
+    s = ratios(logits)
+    return -jnp.mean(jnp.minimum(s * ADV, jnp.clip(s, 1 - EPS_LOW, 1 + EPS_HIGH) * ADV))
+
+
+def run_toy(opt, steps=40):
+    ratio_fn = lambda p: (ratios(p), ADV)
+
+    @jax.jit
+    def run():
+        def step(carry, _):
+            p, s = carry
+            u, s = opt.update(jax.grad(grpo_loss)(p), s, p, ratio_fn=ratio_fn)
+            p = optax.apply_updates(p, u)
+            return (p, s), optim.violation(ratios(p), ADV, eps_low=EPS_LOW, eps_high=EPS_HIGH)
+
+        (_, s), viols = jax.lax.scan(step, (LOGITS_OLD, opt.init(LOGITS_OLD)), None, length=steps)
+        return viols, s
+
+    viols, s = run()
+    return np.asarray(viols), s
+
+
+def test_violation_hand_case():
+    r = jnp.array([1.3, 0.7, 1.3, 0.7, 1.0])
+    a = jnp.array([1.0, -1.0, -1.0, 1.0, 1.0])  # only the first two escape in their favoured direction
+    assert float(optim.violation(r, a, eps_low=0.2, eps_high=0.2)) == pytest.approx(0.2, abs=1e-6)
+    assert float(optim.violation(r, a, jnp.array([0, 1, 1, 1, 1]), eps_low=0.2, eps_high=0.2)) == pytest.approx(0.1)
+
+
+def test_guard_keeps_ratios_in_the_trust_region():
+    base = optax.adam(0.1, b1=0.9, b2=0.95)
+    viols, _ = run_toy(optax.with_extra_args_support(base))
+    assert viols.max() > 0.05  # plain Adam overshoots the clip region (Prop. 3)
+    guarded = optax.chain(base, optim.trust_region_guard(eps_low=EPS_LOW, eps_high=EPS_HIGH, max_backtracks=12))
+    viols, state = run_toy(guarded)
+    assert viols.max() == 0.0
+    g = state[1]
+    assert int(g.total_backtracks) > 0 and 0.0 <= float(g.scale) <= 1.0
+
+
+def test_guard_is_identity_inside_the_region():
+    guard = optim.trust_region_guard(lambda p: (ratios(p), ADV), eps_low=EPS_LOW, eps_high=EPS_HIGH)
+    update = jax.jit(guard.update)
+    s = guard.init(LOGITS_OLD)
+    u = 1e-3 * jnp.ones(V_TOK)
+    out, s = update(u, s, LOGITS_OLD)
+    np.testing.assert_array_equal(out, u)
+    assert int(s.num_backtracks) == 0 and float(s.scale) == 1.0
+    # a huge step toward a favoured token is halved until it fits, or rejected
+    big = jnp.array([0.0, 0.0, 0.0, 0.0, 50.0])
+    out, s = update(big, s, LOGITS_OLD)
+    assert int(s.num_backtracks) > 0
+    assert float(optim.violation(ratios(LOGITS_OLD + out), ADV, eps_low=EPS_LOW, eps_high=EPS_HIGH)) == 0.0
+    tiny = optim.trust_region_guard(lambda p: (ratios(p), ADV), eps_low=EPS_LOW, eps_high=EPS_HIGH, max_backtracks=1)
+    out, s = jax.jit(tiny.update)(big, tiny.init(LOGITS_OLD), LOGITS_OLD)
+    np.testing.assert_array_equal(out, 0.0)
+    assert int(s.num_rejected) == 1 and int(s.num_backtracks) == 1
+
+
+def test_guard_needs_ratio_fn_and_params():
+    guard = optim.trust_region_guard()
+    s = guard.init(LOGITS_OLD)
+    with pytest.raises(ValueError, match="needs ratio_fn"):
+        guard.update(jnp.zeros(V_TOK), s, LOGITS_OLD)
+    with pytest.raises(ValueError, match="needs params"):
+        guard.update(jnp.zeros(V_TOK), s, None, ratio_fn=lambda p: (ratios(p), ADV))
