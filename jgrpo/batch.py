@@ -48,7 +48,7 @@ def _is_concrete(x: Any) -> bool:
 
 
 def _shape_str(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(str(s) for s in shape) + ")"
+    return str(tuple(int(s) for s in shape))
 
 
 def check_inputs(logp: Any, batch: GroupBatch, *, need_ref: bool = False, need_tokens: bool = False,

@@ -47,6 +47,8 @@ def validate(spec: MethodSpec, logp, batch: GroupBatch) -> None:
     """Trace-time checks of ``logp`` and ``batch`` for ``spec`` (see :func:`jgrpo.batch.check_inputs`)."""
     if not isinstance(spec, MethodSpec):
         raise TypeError(f"spec must be a jgrpo.MethodSpec (from jgrpo.methods.get), got {type(spec).__name__}")
+    if not isinstance(batch, GroupBatch):
+        raise TypeError(f"batch must be a jgrpo.GroupBatch, got {type(batch).__name__}")
     needs_two = (spec.scale == Scale.GROUP_STD or spec.advantage == Advantage.RLOO) and not spec.single_sample_unit
     uses_reg = spec.regularizer != Regularizer.NONE and spec.beta > 0
     check_inputs(

@@ -1,0 +1,34 @@
+# One command each: `make demo`, `make test`. Both create .venv when needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SCALE ?= quick
+OUT ?= results
+
+.PHONY: demo test lint format bench interop clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.installed
+	JAX_PLATFORMS=$${JAX_PLATFORMS:-cpu} $(PY) -m experiments run all --scale $(SCALE) --out $(OUT)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -m "not interop" tests
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: $(VENV)/.installed
+	$(PY) -m experiments bench --out $(OUT)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

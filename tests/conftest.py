@@ -1,0 +1,43 @@
+"""Shared test helpers: small random group batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import jgrpo
+
+
+def make_batch(seed=0, b=2, g=4, t=6, *, empty=True, equal_group=False, spread=0.3, dtype=np.float32):
+    """A random right-padded GroupBatch and current logp (numpy)."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, t + 1, size=(b, g))
+    if empty:
+        lengths[0, -1] = 0
+    mask = (np.arange(t)[None, None, :] < lengths[..., None]).astype(np.float32)
+    logp_old = (-rng.uniform(0.1, 3.0, size=(b, g, t))).astype(dtype)
+    logp = (logp_old + spread * rng.normal(size=(b, g, t))).astype(dtype)
+    rewards = rng.integers(0, 2, size=(b, g)).astype(np.float32)
+    rewards[:, 0] = 1.0
+    if g > 1:
+        rewards[:, 1] = 0.0
+    if equal_group:
+        rewards[-1] = 1.0
+    batch = jgrpo.GroupBatch(
+        mask=mask,
+        logp_old=logp_old,
+        rewards=rewards,
+        logp_ref=(logp_old - 0.1 * rng.normal(size=(b, g, t))).astype(dtype),
+        tokens=rng.integers(0, 3, size=(b, g, t)).astype(np.int32),
+        entropy=rng.uniform(0.0, 2.0, size=(b, g, t)).astype(np.float32),
+    )
+    return batch, logp
+
+
+ALL_PRESETS = [(n, f) for n in jgrpo.methods.names() for f in jgrpo.methods.flavors(n)]
+
+
+@pytest.fixture(params=ALL_PRESETS, ids=[f"{n}-{f}" for n, f in ALL_PRESETS])
+def preset(request):
+    name, flavor = request.param
+    return jgrpo.methods.get(name, flavor=flavor)
