@@ -1,0 +1,625 @@
+"""Small policies that the analyses run on: an exact tabular policy and a tiny flax NNX transformer.
+
+The log-probability protocol
+----------------------------
+Every policy in jgrpo is used through one pure function::
+
+    logprob_fn(params, tokens, prompt) -> logp
+
+* ``prompt``: ``[..., P]`` int, the prompt token ids (one prompt per group).
+* ``tokens``: ``[..., G, T]`` int, the G completions of each prompt.
+* ``logp``: ``[..., G, T]`` float32, ``log pi_theta(y_t | prompt, y_<t)`` of every
+  completion token (padding positions included; mask them downstream).
+
+``params`` is an explicit pytree, so ``jax.grad`` of any function of ``logp`` with
+respect to ``params`` is the exact policy gradient of that function. The optional
+companion::
+
+    logprob_and_entropy_fn(params, tokens, prompt) -> (logp, entropy)
+
+also returns ``entropy`` ``[..., G, T]`` float32, the entropy
+``H(pi_theta(. | prompt, y_<t))`` of the next-token distribution at each position
+(the per-token entropy that GTPO reads).
+
+Two completions that share a prefix get *identical* ``logp`` on the prefix
+tokens: the context of token t is the prompt and y_<t only. This is what the
+shared-prefix analysis (Prop. 1) relies on; both policies below satisfy it.
+
+Policies
+--------
+* Tabular (``tabular_*``, :class:`TabularPolicy`): an exact, tiny autoregressive
+  softmax policy, ``pi(y_t = v | x, y_<t) = softmax(logits[t, y_{t-1}])[v]`` with
+  a ``[T, V+1, V]`` table (row ``V`` of the middle axis is the start context used
+  at ``t = 0``). Its context is ``(t, y_{t-1})``: it is *Markov* (first order, time
+  dependent) and ignores the prompt, so ``d log pi(y_t) / d logits`` has the closed
+  form ``onehot(y_t) - pi`` on the single cell ``(t, y_{t-1})`` and zero elsewhere.
+  Note that completions with *different* prefixes that reach the same token at the
+  same position share that cell (their gradients land on the same parameters);
+  the per-token log-probabilities of a shared prefix are nonetheless exact and
+  identical across the completions that share it.
+* Transformer (:class:`Transformer`, :class:`TransformerConfig`): a decoder-only,
+  pre-LayerNorm transformer with learned position embeddings, causal self-attention
+  and a GELU MLP. :func:`make_transformer` returns ``(graphdef, params)`` from
+  ``nnx.split``; :func:`nnx_logprob_fn` and :func:`nnx_logits_fn` turn the graphdef
+  into pure functions of ``params`` (``nnx.merge`` inside).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+__all__ = [
+    "LogprobAndEntropyFn",
+    "LogprobFn",
+    "TabularPolicy",
+    "Transformer",
+    "TransformerConfig",
+    "make_transformer",
+    "nnx_logits_fn",
+    "nnx_logprob_and_entropy_fn",
+    "nnx_logprob_fn",
+    "tabular_grad_logp",
+    "tabular_init",
+    "tabular_logits_fn",
+    "tabular_logprob",
+    "tabular_logprob_and_entropy",
+]
+
+
+class LogprobFn(Protocol):
+    """``(params, tokens [..., G, T], prompt [..., P]) -> logp [..., G, T]`` float32."""
+
+    def __call__(self, params: Any, tokens: jax.Array, prompt: jax.Array) -> jax.Array: ...
+
+
+class LogprobAndEntropyFn(Protocol):
+    """``(params, tokens [..., G, T], prompt [..., P]) -> (logp, entropy)``, both ``[..., G, T]`` float32."""
+
+    def __call__(self, params: Any, tokens: jax.Array, prompt: jax.Array) -> tuple[jax.Array, jax.Array]: ...
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _shape_str(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def _is_concrete(x: Any) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_int(name: str, x: Any, *, min_rank: int, dims: str) -> tuple[int, ...]:
+    shape = tuple(np.shape(x))
+    if len(shape) < min_rank:
+        raise ValueError(f"{name} must have shape {dims} (rank >= {min_rank}), got shape {_shape_str(shape)}")
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise TypeError(f"{name} must be an integer array of token ids, got dtype {dtype}")
+    return shape
+
+
+def _check_range(name: str, x: Any, vocab: int) -> None:
+    """Checks ``0 <= x < vocab`` when the values are concrete (not under jit)."""
+    if not _is_concrete(x) or np.size(x) == 0:
+        return
+    arr = np.asarray(x)
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi >= vocab:
+        raise ValueError(f"{name} must hold token ids in [0, {vocab}) (vocab = {vocab}), got values in [{lo}, {hi}]")
+
+
+def _entropy(logp_v: jax.Array) -> jax.Array:
+    """Entropy of the distributions ``[..., V]`` given as log-probabilities; 0 log 0 = 0."""
+    p = jnp.exp(logp_v)
+    return -jnp.sum(jnp.where(p > 0, p * logp_v, 0.0), axis=-1)
+
+
+# ----------------------------------------------------------------------------- tabular policy
+
+
+def tabular_init(key: jax.Array, *, vocab: int, max_len: int, scale: float = 1.0) -> dict[str, jax.Array]:
+    """Random parameters of a tabular policy.
+
+    Args:
+      key: a PRNG key.
+      vocab: V >= 1, the vocabulary size.
+      max_len: T >= 1, the longest completion the table covers.
+      scale: standard deviation of the i.i.d. normal logits (0 gives the uniform policy).
+
+    Returns:
+      ``{"logits": [T, V+1, V]}`` float32; ``logits[t, c]`` are the next-token logits at
+      completion position t after previous token c (``c = V``: the start context, t = 0).
+
+    Raises:
+      ValueError: vocab or max_len < 1, or a negative scale.
+    """
+    if int(vocab) < 1:
+        raise ValueError(f"vocab must be >= 1, got {vocab}")
+    if int(max_len) < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    if not scale >= 0:
+        raise ValueError(f"scale must be >= 0, got {scale}")
+    logits = scale * jax.random.normal(key, (max_len, vocab + 1, vocab), jnp.float32)
+    return {"logits": logits}
+
+
+def _tabular_table(params: Any) -> jax.Array:
+    if not isinstance(params, Mapping) or "logits" not in params:
+        raise ValueError(f"params must be a dict {{'logits': [T, V+1, V]}}, got {type(params).__name__}")
+    table = params["logits"]
+    shape = tuple(np.shape(table))
+    if len(shape) != 3 or shape[1] != shape[2] + 1:
+        raise ValueError(f"params['logits'] must have shape [T, V+1, V], got {_shape_str(shape)}")
+    return table
+
+
+def _check_tabular(params: Any, tokens: Any) -> None:
+    t_max, _, vocab = np.shape(_tabular_table(params))
+    shape = _check_int("tokens", tokens, min_rank=1, dims="[..., T]")
+    if shape[-1] > t_max:
+        raise ValueError(
+            f"tokens has T = {shape[-1]} tokens but the tabular policy covers max_len = {t_max} (shape {shape})"
+        )
+    _check_range("tokens", tokens, vocab)
+
+
+def _tabular_cells(table: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Returns (prev [..., T] context index, log-softmaxed cell logits [..., T, V] in float32)."""
+    vocab, t = table.shape[-1], tokens.shape[-1]
+    start = jnp.full(tokens.shape[:-1] + (1,), vocab, tokens.dtype)
+    prev = jnp.concatenate([start, tokens[..., :-1]], axis=-1)  # [..., T]
+    logits_v = table[jnp.arange(t), prev]  # [..., T, V]
+    return prev, jax.nn.log_softmax(logits_v.astype(jnp.float32), axis=-1)
+
+
+@jax.jit
+def _tabular_core(table: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+    _, logp_v = _tabular_cells(table, tokens)
+    logp = jnp.take_along_axis(logp_v, tokens[..., None], axis=-1)[..., 0]
+    return logp, _entropy(logp_v)
+
+
+@functools.partial(jax.jit, static_argnames="dense")
+def _tabular_grad_core(table: jax.Array, tokens: jax.Array, *, dense: bool) -> jax.Array:
+    t_max, n_ctx, vocab = table.shape
+    prev, logp_v = _tabular_cells(table, tokens)
+    row = jax.nn.one_hot(tokens, vocab, dtype=jnp.float32) - jnp.exp(logp_v)  # [..., T, V]
+    if not dense:
+        return row
+    pos = jax.nn.one_hot(jnp.arange(tokens.shape[-1]), t_max, dtype=jnp.float32)  # [T, T_max]
+    ctx = jax.nn.one_hot(prev, n_ctx, dtype=jnp.float32)  # [..., T, V+1]
+    full = pos[..., :, :, None, None] * ctx[..., :, None, :, None] * row[..., :, None, None, :]
+    return full.astype(table.dtype)
+
+
+def tabular_logprob_and_entropy(params: Any, tokens: Any, prompt: Any = None) -> tuple[jax.Array, jax.Array]:
+    """Per-token log-probabilities and next-token entropies of the tabular policy.
+
+    ``logp[..., t] = log softmax(logits[t, y_{t-1}])[y_t]`` with ``y_{-1}`` the start context.
+
+    Args:
+      params: ``{"logits": [T_max, V+1, V]}``.
+      tokens: ``[..., T]`` int completions (e.g. ``[B, G, T]``), ``T <= T_max``.
+      prompt: ignored (the tabular policy does not condition on the prompt); accepted
+        for the ``logprob_fn`` protocol.
+
+    Returns:
+      ``(logp, entropy)``, both ``[..., T]`` float32.
+
+    Raises:
+      ValueError: bad params shape, tokens of rank 0, T > T_max, or (when concrete)
+        token ids outside ``[0, V)``.
+      TypeError: non-integer tokens.
+    """
+    del prompt
+    _check_tabular(params, tokens)
+    return _tabular_core(params["logits"], jnp.asarray(tokens))
+
+
+def tabular_logprob(params: Any, tokens: Any, prompt: Any = None) -> jax.Array:
+    """Per-token log-probabilities ``[..., T]`` float32 of the tabular policy (see
+    :func:`tabular_logprob_and_entropy`)."""
+    return tabular_logprob_and_entropy(params, tokens, prompt)[0]
+
+
+def tabular_grad_logp(params: Any, tokens: Any, *, dense: bool = False) -> Any:
+    """Closed-form gradient of each token's log-probability with respect to the logits table.
+
+    ``d log pi(y_t) / d logits[t', c, v] = 1{t' = t, c = y_{t-1}} (1{v = y_t} - pi(v | t, y_{t-1}))``.
+
+    Args:
+      params: ``{"logits": [T_max, V+1, V]}``.
+      tokens: ``[..., T]`` int completions.
+      dense: if False (default), return only the non-zero row ``onehot(y_t) - pi`` of
+        each token, ``[..., T, V]``. If True, return it scattered into the full table
+        shape: ``{"logits": [..., T, T_max, V+1, V]}``, exactly the layout of
+        ``jax.jacrev(lambda p: tabular_logprob(p, tokens))(params)``.
+
+    Returns:
+      ``[..., T, V]`` float32 (``dense=False``) or a params-shaped dict with leading
+      ``[..., T]`` (``dense=True``).
+    """
+    _check_tabular(params, tokens)
+    out = _tabular_grad_core(params["logits"], jnp.asarray(tokens), dense=dense)
+    return {"logits": out} if dense else out
+
+
+@functools.cache
+def tabular_logits_fn(prompt_len: int) -> Callable[[Any, jax.Array], jax.Array]:
+    """The tabular policy as a ``logits_fn(params, ids [N, L]) -> logits [N, L, V]`` for sampling.
+
+    ``ids`` are sequences ``prompt + completion`` with a prompt of ``prompt_len`` tokens;
+    position ``j`` predicts completion token ``t = j + 1 - prompt_len`` from the cell
+    ``(t, ids[j])`` (start context at t = 0). Positions before ``prompt_len - 1``
+    predict prompt tokens and get zero logits. The function is cached per
+    ``prompt_len``, so passing it to :func:`jgrpo.sampling.sample` twice does not
+    recompile.
+    """
+    if int(prompt_len) < 1:
+        raise ValueError(f"prompt_len must be >= 1, got {prompt_len}")
+
+    def logits_fn(params: Any, ids: jax.Array) -> jax.Array:
+        table = _tabular_table(params)
+        t_max, _, vocab = table.shape
+        length = ids.shape[-1]
+        t = jnp.arange(length) + 1 - prompt_len  # [L]
+        ctx = jnp.where(t == 0, vocab, ids)  # [N, L]
+        logits = table[jnp.clip(t, 0, t_max - 1), ctx]  # [N, L, V]
+        return jnp.where((t >= 0)[:, None], logits, 0.0).astype(jnp.float32)
+
+    return logits_fn
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TabularPolicy:
+    """A tabular softmax policy of fixed size (a hashable convenience wrapper).
+
+    Attributes:
+      vocab: V, the vocabulary size.
+      max_len: T_max, the longest completion.
+
+    The methods forward to the module-level ``tabular_*`` functions and check that
+    ``params`` has this policy's shape ``[T_max, V+1, V]``.
+    """
+
+    vocab: int
+    max_len: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.vocab, int) or self.vocab < 1:
+            raise ValueError(f"TabularPolicy.vocab must be an int >= 1, got {self.vocab!r}")
+        if not isinstance(self.max_len, int) or self.max_len < 1:
+            raise ValueError(f"TabularPolicy.max_len must be an int >= 1, got {self.max_len!r}")
+
+    def _check(self, params: Any) -> None:
+        shape = tuple(np.shape(_tabular_table(params)))
+        want = (self.max_len, self.vocab + 1, self.vocab)
+        if shape != want:
+            raise ValueError(f"params['logits'] must have shape [T, V+1, V] = {_shape_str(want)}, got {shape}")
+
+    def init(self, key: jax.Array, *, scale: float = 1.0) -> dict[str, jax.Array]:
+        return tabular_init(key, vocab=self.vocab, max_len=self.max_len, scale=scale)
+
+    def logprob(self, params: Any, tokens: Any, prompt: Any = None) -> jax.Array:
+        self._check(params)
+        return tabular_logprob(params, tokens, prompt)
+
+    def logprob_and_entropy(self, params: Any, tokens: Any, prompt: Any = None) -> tuple[jax.Array, jax.Array]:
+        self._check(params)
+        return tabular_logprob_and_entropy(params, tokens, prompt)
+
+    def grad_logp(self, params: Any, tokens: Any, *, dense: bool = False) -> Any:
+        self._check(params)
+        return tabular_grad_logp(params, tokens, dense=dense)
+
+    def logits_fn(self, prompt_len: int) -> Callable[[Any, jax.Array], jax.Array]:
+        return tabular_logits_fn(prompt_len)
+
+
+# ----------------------------------------------------------------------------- transformer
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TransformerConfig:
+    """Static configuration of :class:`Transformer` (frozen, hashable, keyword-only).
+
+    Attributes:
+      vocab: V, vocabulary size.
+      d_model: residual width; divisible by ``n_heads``.
+      n_heads: attention heads.
+      n_layers: transformer blocks.
+      d_ff: MLP hidden width.
+      max_len: longest sequence (prompt + completion) the position table covers.
+      dtype: compute dtype (e.g. ``"float32"``, ``"bfloat16"``); attention softmax,
+        LayerNorm statistics and the returned log-probabilities are float32.
+      param_dtype: parameter dtype.
+
+    Named presets: :meth:`tiny` (tests), :meth:`small` (experiments).
+    """
+
+    vocab: int
+    d_model: int = 32
+    n_heads: int = 2
+    n_layers: int = 2
+    d_ff: int = 64
+    max_len: int = 32
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        for name in ("vocab", "d_model", "n_heads", "n_layers", "d_ff", "max_len"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"TransformerConfig.{name} must be an int >= 1, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"TransformerConfig.d_model must be divisible by n_heads, got d_model = {self.d_model}, "
+                f"n_heads = {self.n_heads}"
+            )
+        for name in ("dtype", "param_dtype"):
+            value = getattr(self, name)
+            try:
+                dt = jnp.dtype(value)
+            except TypeError as e:
+                raise ValueError(f"TransformerConfig.{name} must be a float dtype, got {value!r}") from e
+            if not jnp.issubdtype(dt, jnp.floating):
+                raise ValueError(f"TransformerConfig.{name} must be a float dtype, got {value!r}")
+            object.__setattr__(self, name, dt.name)  # canonical, hashable string
+
+    @classmethod
+    def tiny(cls, *, vocab: int = 16, max_len: int = 16, **overrides: Any) -> TransformerConfig:
+        """d_model 16, 2 heads, 2 layers, d_ff 32: fast on CPU, for tests."""
+        kw = dict(vocab=vocab, d_model=16, n_heads=2, n_layers=2, d_ff=32, max_len=max_len)
+        return cls(**{**kw, **overrides})
+
+    @classmethod
+    def small(cls, *, vocab: int = 64, max_len: int = 64, **overrides: Any) -> TransformerConfig:
+        """d_model 128, 4 heads, 4 layers, d_ff 512: for experiments."""
+        kw = dict(vocab=vocab, d_model=128, n_heads=4, n_layers=4, d_ff=512, max_len=max_len)
+        return cls(**{**kw, **overrides})
+
+
+# Kernels ~ N(0, 1/fan_in), embeddings ~ N(0, 0.02^2), LayerNorm scale 1, biases 0.
+_KERNEL_INIT = nnx.initializers.variance_scaling(1.0, "fan_in", "normal")
+
+
+class _Block(nnx.Module):
+    """Pre-LN block: ``x + attn(ln1(x))`` then ``x + mlp(ln2(x))``."""
+
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        d, dt, pdt = config.d_model, jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
+        self.n_heads = config.n_heads
+        self.ln1 = nnx.LayerNorm(d, dtype=jnp.float32, param_dtype=pdt, rngs=rngs)
+        lin = functools.partial(nnx.Linear, dtype=dt, param_dtype=pdt, kernel_init=_KERNEL_INIT, rngs=rngs)
+        self.qkv = lin(d, 3 * d)
+        self.proj = lin(d, d)
+        self.ln2 = nnx.LayerNorm(d, dtype=jnp.float32, param_dtype=pdt, rngs=rngs)
+        self.fc1 = lin(d, config.d_ff)
+        self.fc2 = lin(config.d_ff, d)
+
+    def __call__(self, x_NLD: jax.Array) -> jax.Array:
+        n, length, d = x_NLD.shape
+        h = self.n_heads
+        qkv = self.qkv(self.ln1(x_NLD).astype(x_NLD.dtype)).reshape(n, length, 3, h, d // h)
+        q_NLHK, k_NLHK, v_NLHK = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        scores_NHLL = jnp.einsum("nqhk,nshk->nhqs", q_NLHK, k_NLHK).astype(jnp.float32) / np.sqrt(d // h)
+        causal_LL = jnp.tril(jnp.ones((length, length), bool))
+        # Masked scores become the float32 minimum: exp() is exactly 0, so later
+        # positions contribute exactly nothing (value and gradient).
+        scores_NHLL = jnp.where(causal_LL, scores_NHLL, jnp.finfo(jnp.float32).min)
+        attn_NHLL = jax.nn.softmax(scores_NHLL, axis=-1).astype(v_NLHK.dtype)
+        out_NLD = jnp.einsum("nhqs,nshk->nqhk", attn_NHLL, v_NLHK).reshape(n, length, d)
+        x_NLD = x_NLD + self.proj(out_NLD)
+        y = self.fc2(jax.nn.gelu(self.fc1(self.ln2(x_NLD).astype(x_NLD.dtype))))
+        return x_NLD + y
+
+
+class Transformer(nnx.Module):
+    """A small decoder-only transformer: ``ids [N, L] -> logits [N, L, V]``.
+
+    Token + learned position embeddings, ``n_layers`` pre-LayerNorm blocks (causal
+    multi-head self-attention, GELU MLP), a final LayerNorm and an untied output
+    projection. The logits at position j depend on ``ids[:, :j+1]`` only.
+
+    ``__call__(ids) == decode(embed(ids))``; the split exposes the input embeddings so
+    that tests can differentiate with respect to them (nanodo's causality test).
+    """
+
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        d, dt, pdt = config.d_model, jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
+        self.tok_embed = nnx.Embed(
+            config.vocab, d, dtype=dt, param_dtype=pdt, embedding_init=nnx.initializers.normal(0.02), rngs=rngs
+        )
+        self.pos_embed = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (config.max_len, d), pdt))
+        self.blocks = nnx.List([_Block(config, rngs=rngs) for _ in range(config.n_layers)])
+        self.ln_f = nnx.LayerNorm(d, dtype=jnp.float32, param_dtype=pdt, rngs=rngs)
+        self.head = nnx.Linear(
+            d, config.vocab, use_bias=False, dtype=dt, param_dtype=pdt, kernel_init=_KERNEL_INIT, rngs=rngs
+        )
+
+    def embed(self, ids_NL: jax.Array) -> jax.Array:
+        """``ids [N, L]`` int -> input embeddings ``[N, L, d_model]`` (token + position)."""
+        if ids_NL.ndim != 2:
+            raise ValueError(f"ids must have shape [N, L] (rank 2), got shape {_shape_str(ids_NL.shape)}")
+        length = ids_NL.shape[1]
+        if length > self.config.max_len:
+            raise ValueError(f"ids has L = {length} positions but TransformerConfig.max_len = {self.config.max_len}")
+        dt = jnp.dtype(self.config.dtype)
+        return self.tok_embed(ids_NL) + self.pos_embed[...][:length].astype(dt)
+
+    def decode(self, x_NLD: jax.Array) -> jax.Array:
+        """Input embeddings ``[N, L, d_model]`` -> logits ``[N, L, V]`` (compute dtype)."""
+        for block in self.blocks:
+            x_NLD = block(x_NLD)
+        return self.head(self.ln_f(x_NLD).astype(x_NLD.dtype))
+
+    def __call__(self, ids_NL: jax.Array) -> jax.Array:
+        return self.decode(self.embed(ids_NL))
+
+
+def make_transformer(key: jax.Array, config: TransformerConfig) -> tuple[nnx.GraphDef, nnx.State]:
+    """Initialises a :class:`Transformer` and splits it into ``(graphdef, params)``.
+
+    ``params`` is an ``nnx.State`` pytree (differentiable, optax-compatible);
+    ``nnx.merge(graphdef, params)`` rebuilds the module. The initialisation is jitted
+    and cached per config; it has the same distributions as
+    ``Transformer(config, rngs=...)`` (kernels N(0, 1/fan_in), embeddings
+    N(0, 0.02^2), LayerNorm scale 1, biases 0) but draws them from one normal
+    sample, so its values differ from the module constructor's for the same key.
+    """
+    if not isinstance(config, TransformerConfig):
+        raise TypeError(f"config must be a TransformerConfig, got {type(config).__name__}")
+    graphdef, init = _transformer_init(config)
+    return graphdef, init(key)
+
+
+@functools.cache
+def _transformer_init(config: TransformerConfig) -> tuple[nnx.GraphDef, Callable[[jax.Array], nnx.State]]:
+    """(graphdef, jitted key -> params) per config.
+
+    One normal draw for all random leaves, sliced and scaled per leaf (same
+    distributions as the module's own initializers): compiling one threefry call is
+    an order of magnitude faster on CPU than one per parameter.
+    """
+    abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(params=0)))
+    graphdef, shapes = nnx.split(abstract)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+    rules = []
+    for path, leaf in flat:
+        name = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)][-1]
+        if name == "scale":
+            rules.append(("one", None))
+        elif name == "bias":
+            rules.append(("zero", None))
+        elif name in ("embedding", "pos_embed"):
+            rules.append(("normal", 0.02))
+        elif name == "kernel":
+            rules.append(("normal", 1.0 / np.sqrt(leaf.shape[0])))
+        else:  # pragma: no cover - a new parameter kind must get a rule
+            raise NotImplementedError(f"no init rule for parameter {name!r}")
+    total = sum(int(np.prod(leaf.shape)) for (_, leaf), (kind, _) in zip(flat, rules, strict=True) if kind == "normal")
+
+    def init(key: jax.Array) -> nnx.State:
+        z = jax.random.normal(key, (total,), jnp.float32)
+        out, offset = [], 0
+        for (_, leaf), (kind, std) in zip(flat, rules, strict=True):
+            if kind == "normal":
+                size = int(np.prod(leaf.shape))
+                out.append((std * z[offset : offset + size]).reshape(leaf.shape).astype(leaf.dtype))
+                offset += size
+            else:
+                out.append(jnp.full(leaf.shape, 1.0 if kind == "one" else 0.0, leaf.dtype))
+        return jax.tree_util.tree_unflatten(treedef, out)
+
+    return graphdef, jax.jit(init)
+
+
+@functools.cache
+def nnx_logits_fn(graphdef: nnx.GraphDef) -> Callable[[Any, jax.Array], jax.Array]:
+    """``logits_fn(params, ids [N, L]) -> logits [N, L, V]`` of a split NNX model.
+
+    Cached per graphdef (graphdefs are hashable), so the same function object is
+    returned for the same architecture and jitted callers do not recompile.
+    """
+
+    def logits_fn(params: Any, ids: jax.Array) -> jax.Array:
+        return nnx.merge(graphdef, params)(ids)
+
+    return logits_fn
+
+
+def _seq_logprob(graphdef: nnx.GraphDef, params: Any, tokens: Any, prompt: Any) -> tuple[jax.Array, jax.Array]:
+    """Checks the inputs, then returns (logp [..., G, T], entropy [..., G, T]) from the jitted core."""
+    tshape = _check_int("tokens", tokens, min_rank=2, dims="[..., G, T]")
+    pshape = _check_int("prompt", prompt, min_rank=1, dims="[..., P]")
+    lead, t, p = tshape[:-2], tshape[-1], pshape[-1]
+    if pshape[:-1] != lead:
+        raise ValueError(
+            f"prompt must have shape [..., P] with the leading dims of tokens [..., G, T] = {_shape_str(tshape)}, "
+            f"i.e. {_shape_str(lead + (p,))}; got {_shape_str(pshape)}"
+        )
+    if p < 1:
+        raise ValueError(
+            "prompt must have at least one token (P >= 1) to predict the first completion token, got P = 0"
+        )
+    # Reads the static config (no computation). Any NNX module mapping ids [N, L] to
+    # logits [N, L, V] works; the length / id-range checks need a TransformerConfig-like
+    # ``config`` attribute with ``max_len`` and ``vocab``.
+    config = getattr(nnx.merge(graphdef, params), "config", None)
+    max_len, vocab = getattr(config, "max_len", None), getattr(config, "vocab", None)
+    if max_len is not None and p + t > max_len:
+        raise ValueError(
+            f"prompt + completion length P + T = {p} + {t} = {p + t} exceeds TransformerConfig.max_len = {max_len}"
+        )
+    if vocab is not None:
+        _check_range("tokens", tokens, vocab)
+        _check_range("prompt", prompt, vocab)
+    return _seq_logprob_core(graphdef, params, tokens, prompt)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _seq_logprob_core(graphdef: nnx.GraphDef, params: Any, tokens: Any, prompt: Any) -> tuple[jax.Array, jax.Array]:
+    tshape, p = tokens.shape, prompt.shape[-1]
+    lead, (g, t) = tshape[:-2], tshape[-2:]
+    model = nnx.merge(graphdef, params)
+    dtype = jnp.promote_types(tokens.dtype, prompt.dtype)
+    prompt_GP = jnp.broadcast_to(prompt[..., None, :], lead + (g, p)).astype(dtype)
+    ids = jnp.concatenate([prompt_GP, tokens.astype(dtype)], axis=-1).reshape(-1, p + t)  # [N, P+T]
+    logits_NTV = model(ids)[:, p - 1 : p + t - 1]
+    logp_v = jax.nn.log_softmax(logits_NTV.astype(jnp.float32), axis=-1).reshape(tshape + logits_NTV.shape[-1:])
+    logp = jnp.take_along_axis(logp_v, tokens[..., None], axis=-1)[..., 0]
+    return logp, _entropy(logp_v)
+
+
+@functools.cache
+def nnx_logprob_and_entropy_fn(graphdef: nnx.GraphDef) -> LogprobAndEntropyFn:
+    """``(params, tokens [..., G, T], prompt [..., P]) -> (logp, entropy)`` of a split NNX LM.
+
+    Builds the sequences ``prompt + completion`` ``[..., G, P+T]``, runs the model on
+    them flattened to ``[N, P+T]``, takes ``log_softmax`` (float32) of the logits at
+    positions ``P-1 .. P+T-2`` and gathers the completion token ids. The model is any
+    causal NNX module ``ids [N, L] -> logits [N, L, V]``; a ``config`` attribute with
+    ``max_len`` and ``vocab`` (as :class:`Transformer` has) enables the length and
+    id-range checks. Cached per graphdef; the computation is jitted (graphdef static).
+
+    Returns:
+      ``logp`` and ``entropy`` (of the next-token distribution), both ``[..., G, T]``
+      float32.
+
+    Raises:
+      ValueError: tokens of rank < 2, prompt leading dims differing from tokens',
+        P = 0, P + T > max_len, or (when concrete) ids outside ``[0, V)``.
+      TypeError: non-integer tokens or prompt.
+    """
+
+    def logprob_and_entropy_fn(params: Any, tokens: Any, prompt: Any) -> tuple[jax.Array, jax.Array]:
+        return _seq_logprob(graphdef, params, tokens, prompt)
+
+    return logprob_and_entropy_fn
+
+
+@functools.cache
+def nnx_logprob_fn(graphdef: nnx.GraphDef) -> LogprobFn:
+    """``logprob_fn(params, tokens [..., G, T], prompt [..., P]) -> logp [..., G, T]`` float32 of a split NNX LM.
+
+    See :func:`nnx_logprob_and_entropy_fn` for the construction and errors. Use::
+
+        graphdef, params = make_transformer(key, config)
+        logprob_fn = nnx_logprob_fn(graphdef)
+        grads = jax.grad(lambda p: objective(logprob_fn(p, tokens, prompt)))(params)
+    """
+
+    def logprob_fn(params: Any, tokens: Any, prompt: Any) -> jax.Array:
+        return _seq_logprob(graphdef, params, tokens, prompt)[0]
+
+    return logprob_fn
