@@ -186,6 +186,13 @@ class MethodSpec:
       cispo_clip: CISPO's clip of the stop-gradient weight.
       gpg_rescale, f_norm: GPG's alpha-hat and F_norm.
       tau_pos, tau_neg: SAPO's temperatures.
+      prefix_debias: beyond the paper: every token of a shared-prefix node gets
+        the node's mean weight, so a node's aggregate W_agg = mean(alpha) * sum_i s_i A_i
+        no longer depends on the completions' lengths, and a prefix shared by
+        the whole group gets exactly zero net gradient at the first inner step.
+        Needs ``batch.tokens``. ``gcpo`` counts each completion once and is
+        already unbiased (left unchanged); ``gmpo``'s 1/|o_i| lives inside its
+        geometric-mean ratio, which weights cannot debias (rejected).
     """
 
     name: str = "custom"
@@ -220,6 +227,7 @@ class MethodSpec:
     f_norm: FNorm = FNorm.ONE
     tau_pos: float = 1.0
     tau_neg: float = 1.05
+    prefix_debias: bool = False
 
     def __post_init__(self) -> None:
         for field, enum_type in _ENUM_FIELDS.items():
@@ -251,6 +259,13 @@ class MethodSpec:
                 _check(self, field, value > 0, "> 0 (or None to disable)")
         if self.prune_gamma is not None:
             _check(self, "prune_gamma", self.prune_gamma >= 0, ">= 0 (or None to disable)")
+        if not isinstance(self.prefix_debias, bool):
+            raise ValueError(f"MethodSpec.prefix_debias must be a bool; got {self.prefix_debias!r}")
+        if self.prefix_debias and self.objective == Objective.GEO_MEAN:
+            raise ValueError(
+                "MethodSpec.prefix_debias is not available for objective 'geo_mean' (GMPO): its 1/|o_i| "
+                "is inside the geometric-mean ratio, not in the token weights alpha"
+            )
         if self.cispo_clip == CispoClip.UPPER_CAP:
             _check(self, "eps_high", self.eps_high > 0, "> 0 (an absolute cap with cispo_clip='upper_cap')")
 

@@ -55,7 +55,7 @@ def validate(spec: MethodSpec, logp, batch: GroupBatch) -> None:
         logp,
         batch,
         need_ref=uses_reg and spec.regularizer in (Regularizer.KL, Regularizer.KL_IMPORTANCE),
-        need_tokens=spec.gtpo_conflicts,
+        need_tokens=spec.gtpo_conflicts or spec.prefix_debias,
         need_entropy=spec.entropy_threshold is not None or (uses_reg and spec.regularizer == Regularizer.GTPO_ENTROPY),
         min_group=2 if needs_two and batch.advantages is None else 1,
     )

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jgrpo.advantages import group_all_equal, reward_scale, reward_std
-from jgrpo.methods import Agg, FNorm, GpgRescale, MethodSpec, Scope
+from jgrpo.methods import Agg, FNorm, GpgRescale, MethodSpec, Objective, Scope
 
 
 def lengths(mask):
@@ -170,6 +170,26 @@ def gpg_factor(spec: MethodSpec, rewards):
     return factor
 
 
+def shared_prefix(tokens, mask):
+    """P[..., i, j, t]: completions i and j have the same tokens at positions 0..t (both valid).
+
+    ``tokens``, ``mask``: ``[..., G, T]``. Returns bool ``[..., G, G, T]`` (P[i, i, t]
+    is true on every completion token of i). The prefix tree of the group: the
+    node of token (i, t) is {j : P[i, j, t]}.
+    """
+    valid = mask.astype(bool)
+    same = (tokens[..., :, None, :] == tokens[..., None, :, :]) & valid[..., :, None, :] & valid[..., None, :, :]
+    return _leading_run(same)
+
+
+def node_mean(x, prefix):
+    """Mean of ``x`` [..., G, T] over the prefix-tree node of every token (``prefix`` from :func:`shared_prefix`)."""
+    p = prefix.astype(x.dtype)
+    count = jnp.sum(p, axis=-2)  # [..., G, T] node sizes (0 on padding)
+    total = jnp.einsum("...ijt,...jt->...it", p, x)
+    return total * _safe_inv(count)
+
+
 def policy_weights(spec: MethodSpec, batch, advantages, log_ratio):
     """alpha_{i,t} of Eq. 1 for the policy term, ``[..., G, T]`` (zero on padding).
 
@@ -187,4 +207,6 @@ def policy_weights(spec: MethodSpec, batch, advantages, log_ratio):
     alpha = normaliser(spec, batch.mask) * per_completion[..., None]
     if spec.gtpo_conflicts:
         alpha = alpha * gtpo_lambda(spec, batch.tokens, batch.mask, advantages)
+    if spec.prefix_debias and spec.objective != Objective.SEQUENCE:
+        alpha = node_mean(alpha, shared_prefix(batch.tokens, batch.mask))
     return alpha
