@@ -5,10 +5,29 @@ Biases of Group-based Reinforcement Learning* (arXiv 2601.05002) and its ten
 Table-1 methods as presets.
 """
 
-from jgrpo import methods
+from jgrpo import methods, optim, policies, sampling
 from jgrpo.batch import GroupBatch
 from jgrpo.methods import MethodSpec
 from jgrpo.objective import Terms, advantages, loss, terms
+from jgrpo.policies import TabularPolicy, TransformerConfig, make_transformer, nnx_logprob_fn
+from jgrpo.sampling import Samples, sample
 
-__all__ = ["GroupBatch", "MethodSpec", "Terms", "advantages", "loss", "methods", "terms"]
+__all__ = [
+    "GroupBatch",
+    "MethodSpec",
+    "Samples",
+    "TabularPolicy",
+    "Terms",
+    "TransformerConfig",
+    "advantages",
+    "loss",
+    "make_transformer",
+    "methods",
+    "nnx_logprob_fn",
+    "optim",
+    "policies",
+    "sample",
+    "sampling",
+    "terms",
+]
 __version__ = "0.1.0"
