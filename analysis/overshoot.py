@@ -325,3 +325,117 @@ def simulate_inner_steps(
         final_loss=final_loss,
         final_aux=final_aux,
     )
+
+
+# ----------------------------------------------------------------------------- GRPO inner loop on a fixed group
+
+
+class Escape(NamedTuple):
+    """How far the ratios sit beyond the clip bound in the advantage-favoured direction.
+
+    Attributes:
+      frac: fraction of completion tokens with A > 0 and s > 1 + eps_high, or A < 0 and s < 1 - eps_low.
+      frac_high, frac_low: the two parts of ``frac``.
+      max_excess_high: max(s - (1 + eps_high)) over tokens with A > 0 (0 if none beyond).
+      max_excess_low: max((1 - eps_low) - s) over tokens with A < 0 (0 if none beyond).
+    """
+
+    frac: jax.Array
+    frac_high: jax.Array
+    frac_low: jax.Array
+    max_excess_high: jax.Array
+    max_excess_low: jax.Array
+
+
+def escape(ratio, advantages, mask, *, eps_low, eps_high) -> Escape:
+    """Escape statistics of ratios ``[..., G, T]`` with advantages ``[..., G]`` (Prop. 3/7)."""
+    m = jnp.asarray(mask).astype(bool)
+    adv = jnp.asarray(advantages)[..., None]
+    up = jnp.where(m & (adv > 0), ratio - (1.0 + eps_high), -jnp.inf)
+    down = jnp.where(m & (adv < 0), (1.0 - eps_low) - ratio, -jnp.inf)
+    n = jnp.maximum(jnp.sum(m), 1)
+    hi, lo = jnp.sum(up > 0) / n, jnp.sum(down > 0) / n
+    return Escape(
+        frac=hi + lo,
+        frac_high=hi,
+        frac_low=lo,
+        max_excess_high=jnp.maximum(jnp.max(up), 0.0),
+        max_excess_low=jnp.maximum(jnp.max(down), 0.0),
+    )
+
+
+def grpo_loss_fn(spec, logprob_fn, batch):
+    """``params -> (loss, aux)`` for one fixed batch, with the escape statistics in aux.
+
+    ``aux`` holds jgrpo.loss's aux plus ``escape`` (:class:`Escape` of the
+    token ratios exp(logp - logp_old) against the spec's clip range) and
+    ``clip_fraction`` (tokens whose advantage gradient the clip has zeroed),
+    the per-step signal of ``jgrpo.optim.scale_by_gated_adam``.
+    """
+    import jgrpo  # local: analysis depends on the library, not the reverse
+
+    tokens = jnp.asarray(batch.tokens)
+
+    def loss_fn(params):
+        logp = logprob_fn(params, tokens)
+        value, aux = jgrpo.loss(spec, logp, batch)
+        ratio = jnp.exp(jnp.where(jnp.asarray(batch.mask) > 0, logp - jnp.asarray(batch.logp_old), 0.0))
+        aux = dict(aux)
+        aux["escape"] = escape(
+            jax.lax.stop_gradient(ratio), aux["advantages"], batch.mask, eps_low=spec.eps_low, eps_high=spec.eps_high
+        )
+        aux["clip_fraction"] = aux["clip_frac_high"] + aux["clip_frac_low"]
+        return value, aux
+
+    return loss_fn
+
+
+def group_ratio_fn(logprob_fn, batch, advantages):
+    """``params -> (ratio, advantages, mask)`` for ``jgrpo.optim.trust_region_guard``."""
+    tokens = jnp.asarray(batch.tokens)
+
+    def ratio_fn(params):
+        logp = logprob_fn(params, tokens)
+        ratio = jnp.exp(jnp.where(jnp.asarray(batch.mask) > 0, logp - jnp.asarray(batch.logp_old), 0.0))
+        return ratio, advantages[..., None], batch.mask
+
+    return ratio_fn
+
+
+def simulate_group(spec, logprob_fn, params, batch, optimizer, num_steps: int, *, opt_state=None, extra_args_fn=None):
+    """μ inner steps of ``optimizer`` on one fixed group batch (Prop. 3/7, measured).
+
+    Records per step (before each update): the loss, jgrpo.loss's aux, the
+    escape statistics (fraction of tokens beyond the bound in the
+    advantage-favoured direction, largest excess above 1 + eps_high and below
+    1 - eps_low), update norms and the ratio of consecutive update norms;
+    ``final_aux`` has the same after the last step. Escape after μ ≤ num_steps
+    steps is ``aux['escape']`` at index μ (or ``final_aux`` for μ = num_steps).
+
+    Args:
+      spec: the method (static).
+      logprob_fn: ``(params, tokens) -> logp`` (bind the prompt with functools.partial).
+      params: starting policy parameters; ``batch.logp_old`` should be their log-probs.
+      batch: a GroupBatch with ``tokens``.
+      optimizer: any optax chain; extra-args transformations get ``extra_args_fn``'s output.
+      num_steps: μ (static int).
+      opt_state: optional starting state (e.g. vmapped inject_hyperparams state for sweeps).
+      extra_args_fn: ``(step, loss, aux) -> dict``; default passes ``new_batch``
+        (step == 0), ``clip_fraction`` (from aux) and the trust-region ``ratio_fn``.
+
+    Returns:
+      An ``InnerTrajectory``.
+    """
+    if batch.tokens is None:
+        raise ValueError("simulate_group needs batch.tokens to re-evaluate the policy")
+    loss_fn = grpo_loss_fn(spec, logprob_fn, batch)
+    if extra_args_fn is None:
+        import jgrpo
+
+        adv = jgrpo.advantages(spec, batch)
+        ratio_fn = group_ratio_fn(logprob_fn, batch, adv)
+
+        def extra_args_fn(step, loss, aux):
+            return {"new_batch": step == 0, "clip_fraction": aux["clip_fraction"], "ratio_fn": ratio_fn}
+
+    return simulate_inner_steps(loss_fn, params, optimizer, num_steps, opt_state=opt_state, extra_args_fn=extra_args_fn)

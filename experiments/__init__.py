@@ -1,0 +1,20 @@
+"""Runnable experiments reproducing arXiv 2601.05002's claims; ``python -m experiments --help``."""
+
+# name -> "module:function"; each function takes an experiments.common.Context and returns an Outcome.
+REGISTRY: dict[str, str] = {
+    "presets": "experiments.presets:run",
+    "prefix_bias": "experiments.prefix_bias:run",
+    "reward_scaling": "experiments.reward_scaling:run",
+    "overshoot": "experiments.overshoot:run",
+    "loss_proxy": "experiments.loss_proxy:run",
+    "length_bias": "experiments.length_bias:run",
+}
+
+DESCRIPTIONS: dict[str, str] = {
+    "presets": "every preset's loss and diagnostics on one sample group (a table)",
+    "prefix_bias": "Prop. 1: W_agg and shared-prefix gradient per preset, with and without prefix debiasing",
+    "reward_scaling": "Prop. 2: trajectory deviation vs reward scale for AdamW/SGD x beta x Adam eps",
+    "overshoot": "Prop. 3/7: C_{T,k} closed form vs simulation; escape vs mu and beta1; momentum-aware transforms",
+    "loss_proxy": "Prop. 4: first-step identities and surrogate value vs reward over training",
+    "length_bias": "end-to-end GRPO training: lengths of correct/incorrect completions per method",
+}

@@ -1,0 +1,112 @@
+"""Command line: ``python -m experiments list | run NAME|all [--scale] [--out] [--seed] [--devices] | bench``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from experiments import DESCRIPTIONS, REGISTRY
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list the experiments")
+    run = sub.add_parser("run", help="run one experiment or all")
+    run.add_argument("name", help="an experiment name (see `list`) or 'all'")
+    run.add_argument("--scale", default="quick", choices=["quick", "paper"], help="quick: CPU minutes; paper: GPU/TPU")
+    run.add_argument("--out", default="results", help="output folder (default: results)")
+    run.add_argument("--seed", type=int, default=0, help="base random seed (default 0)")
+    run.add_argument(
+        "--devices", type=int, default=None, help="on CPU: number of virtual devices for the data-parallel mesh"
+    )
+    bench = sub.add_parser("bench", help="run the benchmarks (ratios side by side) and write bench.json")
+    bench.add_argument("--out", default="results", help="output folder (default: results)")
+    bench.add_argument("--quick", action="store_true", help="smaller sizes and fewer repetitions")
+    return p
+
+
+def _resolve(name: str):
+    module, func = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "list":
+        for name in REGISTRY:
+            print(f"{name:16s} {DESCRIPTIONS[name]}")
+        return 0
+    if args.command == "bench":
+        from experiments import bench
+
+        return bench.main(out=Path(args.out), quick=args.quick)
+    names = list(REGISTRY) if args.name == "all" else [args.name]
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        print(f"error: unknown experiment {unknown[0]!r}; known: {', '.join(REGISTRY)}, all", file=sys.stderr)
+        return 2
+    if args.devices is not None:
+        if args.devices < 1:
+            print(f"error: --devices must be >= 1, got {args.devices}", file=sys.stderr)
+            return 2
+        if "jax" in sys.modules:
+            print("error: --devices must be set before jax is imported", file=sys.stderr)
+            return 2
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.devices}".strip()
+    from experiments.common import Context
+    from experiments.report import write_report
+
+    out = Path(args.out)
+    outcomes, failures, timings = [], [], {}
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description:16s}"), BarColumn(), TextColumn("{task.fields[msg]}"), TimeElapsedColumn()
+    ) as progress:
+        for name in names:
+            task = progress.add_task(name, total=1.0, msg="starting")
+
+            def report(frac: float, msg: str, task=task) -> None:
+                progress.update(task, completed=min(max(frac, 0.0), 1.0), msg=msg)
+
+            ctx = Context(scale=args.scale, out=out / name, seed=args.seed, progress=report)
+            t0 = time.perf_counter()
+            try:
+                outcomes.append(_resolve(name)(ctx))
+                report(1.0, "done")
+            except Exception as e:  # keep going: one failure must not lose the other results
+                failures.append((name, e))
+                report(1.0, f"FAILED: {type(e).__name__}")
+                traceback.print_exc()
+            timings[name] = time.perf_counter() - t0
+    write_report(out, outcomes, timings, scale=args.scale, failures=[(n, repr(e)) for n, e in failures])
+    _summary(outcomes, timings, failures)
+    print(f"report: {out / 'report.md'}")
+    return 1 if failures else 0
+
+
+def _summary(outcomes, timings, failures) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="summary")
+    for col in ("experiment", "claim", "measured", "reproduced", "seconds"):
+        table.add_column(col)
+    for o in outcomes:
+        for k, (claim, measured, ok) in enumerate(o.claims or [("(no claims)", "", None)]):
+            mark = "n/a" if ok is None else ("yes" if ok else "NO")
+            table.add_row(o.name if k == 0 else "", claim, measured, mark, f"{timings[o.name]:.0f}" if k == 0 else "")
+    for name, e in failures:
+        table.add_row(name, "FAILED", f"{type(e).__name__}: {e}"[:80], "", f"{timings[name]:.0f}")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
