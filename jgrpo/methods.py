@@ -175,8 +175,9 @@ class MethodSpec:
         zero gradient beyond. The paper flavour uses +-80 so that float32
         exp never overflows (log-ratios of +-100 stay finite).
       regularizer, kl, beta: R(theta) and its coefficient.
-      kl_log_ratio_clamp: clamp of x = logp_ref - logp before the KL estimator
-        (verl: 20; paper/trl: 80 so that float32 exp never overflows); None: off.
+      kl_log_ratio_clamp: clamp of x = logp_ref - logp before the exp of the k3
+        estimator (verl: 20; paper/trl: 80 so that float32 exp never overflows);
+        k1, k2 and abs are never clamped, as in verl's ``kl_penalty``; None: off.
       kl_value_clamp: clamp of the k3 value to [-c, c] (verl: 10); None: off.
       prune_gamma: CPPO's threshold, alpha *= 1{|A_i| > gamma}; None: off.
       offpolicy_delta: DeepSeek-V3.2's off-policy sequence mask threshold; None: off.
@@ -356,7 +357,13 @@ _VERL: dict[str, dict[str, Any]] = {
     "cispo": dict(_PAPER["cispo"], **{**_VERL_COMMON, "eps_low": 0.2, "eps_high": 0.2, "dual_clip": None}),
     "gmpo": dict(
         _PAPER["gmpo"],
-        **{**_VERL_COMMON, "scope": Scope.GROUP, "dual_clip": None, "log_ratio_min": -math.inf, "log_ratio_max": math.inf},
+        **{
+            **_VERL_COMMON,
+            "scope": Scope.GROUP,
+            "dual_clip": None,
+            "log_ratio_min": -math.inf,
+            "log_ratio_max": math.inf,
+        },
     ),
     "sapo": dict(_PAPER["sapo"], **{**_VERL_COMMON, "dual_clip": None}),
     "rloo": dict(_PAPER["rloo"], **_VERL_COMMON),

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 
 from jgrpo.methods import KLEstimator, MethodSpec, Regularizer
 from jgrpo.ratios import masked, token_log_ratio
-from jgrpo.weights import gtpo_lambda, mean_entropy, normaliser, entropy_filter
+from jgrpo.weights import entropy_filter, gtpo_lambda, mean_entropy, normaliser
 
 
 def kl_estimate(spec: MethodSpec, logp, logp_ref, mask):
@@ -16,12 +16,12 @@ def kl_estimate(spec: MethodSpec, logp, logp_ref, mask):
     paper's D_KL = pi_ref/pi - log(pi_ref/pi) - 1), abs = |x|.
 
     Note:
-      x is clamped to +-``kl_log_ratio_clamp`` (zero gradient beyond) and the
-      k3 value to +-``kl_value_clamp`` when set (verl's ``low_var_kl``).
+      For k3 only, x is clamped to +-``kl_log_ratio_clamp`` before exp (zero
+      gradient beyond) and the value to +-``kl_value_clamp`` when set: verl's
+      ``low_var_kl``. k1, k2 and abs have no exp and are never clamped, as in
+      verl's ``kl_penalty_forward`` (``kl``/``k1``, ``mse``/``k2``, ``abs``).
     """
     x = masked(logp_ref, mask) - masked(logp, mask)
-    if spec.kl_log_ratio_clamp is not None:
-        x = jnp.clip(x, -spec.kl_log_ratio_clamp, spec.kl_log_ratio_clamp)
     if spec.kl == KLEstimator.K1:
         value = -x
     elif spec.kl == KLEstimator.K2:
@@ -29,6 +29,8 @@ def kl_estimate(spec: MethodSpec, logp, logp_ref, mask):
     elif spec.kl == KLEstimator.ABS:
         value = jnp.abs(x)
     else:
+        if spec.kl_log_ratio_clamp is not None:
+            x = jnp.clip(x, -spec.kl_log_ratio_clamp, spec.kl_log_ratio_clamp)
         value = jnp.exp(x) - x - 1.0
         if spec.kl_value_clamp is not None:
             value = jnp.clip(value, -spec.kl_value_clamp, spec.kl_value_clamp)
