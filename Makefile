@@ -32,3 +32,8 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+
+# Optional: torch (CPU) + the real verl 0.9.1, then the flavor="verl" checks against it.
+interop: $(VENV)/.installed
+	bash scripts/install_interop.sh
+	$(PY) -m pytest -m interop tests/interop -q
