@@ -1,0 +1,277 @@
+"""Prop. 4 / Appendix A: the loss is not a progress signal.
+
+At the first inner step of a GRPO-style update the policy is π_old, every
+ratio is 1, and the surrogate term of Eq. 1 is linear in A_i:
+f_{i,t}(θ_old) = c_{i,t} A_i. With the effective weights ω̃_{i,t} = α_{i,t} c_{i,t}
+and their per-completion sums
+
+    Ω_i = Σ_t ω̃_{i,t}                                               (Appendix A)
+
+the objective at the first step is
+
+    J(θ_old) = Σ_i A_i Ω_i − β R(θ_old)                              (Prop. 4)
+             = G · Cov_i(A, Ω) − β R(θ_old)      (since Σ_i A_i = 0),
+
+with Cov the population covariance over the G completions of a group. Hence
+
+- length-normalised weights (grpo: α = 1/(G|o_i|σ), so Ω_i = 1/(Gσ) for every
+  i): J = −β R exactly — the policy part is 0 whatever the rewards;
+- constant weights (dr_grpo: α = 1/G): J = (1/G) Σ_i A_i |o_i| − β R;
+- in general (dapo: Ω_i = |o_i|/(σ Σ_j|o_j|); cppo's pruning; GTPO's λ; SAPO's
+  sign-dependent temperature): J ∝ Cov(A, Ω), a length/weight statistic of
+  the batch, not a measure of how good the policy is.
+
+The factor c_{i,t} (∂f/∂A at ratio 1) is 1 for the clipped-ratio objectives
+(ppo_clip, gspo, sequence, geo_mean; dual clip and the ratio cap are inactive
+at s = 1), 2/τ_i for SAPO ((4/τ) sigmoid(0), τ = τ_pos if A_i > 0 else τ_neg),
+and log π_old(y_{i,t}) for the objectives whose value is A log π (gpg, cispo:
+sg[clip(1)] = 1, or min(1, cap) with TRL's absolute cap).
+
+:func:`surrogate_vs_improvement` measures the consequence over a training run:
+the correlation between the surrogate value at a step and the change of mean
+reward that the step produced.
+
+Note:
+  Ω_i is computed here in closed form from the method's weights
+  (:func:`jgrpo.weights.policy_weights` at ratio 1), not from ``jgrpo.loss``;
+  the identity J = Σ_i A_i Ω_i − β R against ``jgrpo.loss(spec, logp_old,
+  batch)`` is what the tests check. Ω_i = 0 for an empty completion, so
+  "Ω constant in a group" needs every completion to be non-empty.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jgrpo
+from jgrpo.methods import CispoClip, MethodSpec, Objective, Regularizer
+from jgrpo.objective import validate
+from jgrpo.regularizers import regularizer_terms
+from jgrpo.weights import policy_weights
+
+__all__ = [
+    "FirstStep",
+    "ProxyStats",
+    "advantage_weight_covariance",
+    "cumulative_weights",
+    "effective_weights",
+    "first_step_objective",
+    "surrogate_vs_improvement",
+]
+
+
+def _arrays(batch: jgrpo.GroupBatch) -> jgrpo.GroupBatch:
+    def f(x, dtype=None):
+        return None if x is None else jnp.asarray(x, dtype)
+
+    return jgrpo.GroupBatch(
+        mask=jnp.asarray(batch.mask),
+        logp_old=jnp.asarray(batch.logp_old, jnp.promote_types(jnp.result_type(batch.logp_old), jnp.float32)),
+        rewards=jnp.asarray(batch.rewards, jnp.float32),
+        logp_ref=f(batch.logp_ref),
+        tokens=f(batch.tokens),
+        entropy=f(batch.entropy),
+        advantages=f(batch.advantages, jnp.float32),
+    )
+
+
+def _first_step_factor(spec: MethodSpec, advantages, logp_old, mask):
+    """c_{i,t} = ∂f_{i,t}/∂A_i at ratio 1, ``[..., G, T]`` (see the module docstring)."""
+    m = mask.astype(logp_old.dtype)
+    obj = spec.objective
+    if obj in (Objective.PPO_CLIP, Objective.GSPO, Objective.SEQUENCE, Objective.GEO_MEAN):
+        return m
+    if obj == Objective.SAPO:
+        tau = jnp.where(advantages > 0, spec.tau_pos, spec.tau_neg).astype(logp_old.dtype)
+        return (2.0 / tau)[..., None] * m
+    logp = jnp.where(m > 0, logp_old, 0.0)
+    if obj == Objective.CISPO and spec.cispo_clip == CispoClip.UPPER_CAP:
+        return min(1.0, spec.eps_high) * logp  # sg[min(1, cap)] log pi
+    return logp  # gpg: log pi; cispo: sg[clip(1, 1-eps_low, 1+eps_high)] = 1 times log pi
+    return logp  # LOGP (gpg): s = log pi
+
+
+def effective_weights(spec: MethodSpec, batch: jgrpo.GroupBatch):
+    """ω̃_{i,t} = α_{i,t} · c_{i,t} at the first inner step (ratio 1), ``[..., G, T]``.
+
+    α_{i,t} is the method's token weight of Eq. 1 (Table 1) with every
+    ratio-dependent factor at ratio 1 (DeepSeek-V3.2's off-policy mask is 1),
+    c_{i,t} = ∂f_{i,t}/∂A_i there (module docstring). Zero on padding.
+    """
+    validate(spec.replace(beta=0.0), batch.logp_old, batch)
+    b = _arrays(batch)
+    adv = jgrpo.advantages(spec, b)
+    alpha = policy_weights(spec, b, adv, jnp.zeros(b.mask.shape, jnp.float32))
+    return alpha.astype(b.logp_old.dtype) * _first_step_factor(spec, adv, b.logp_old, b.mask)
+
+
+def cumulative_weights(spec: MethodSpec, batch: jgrpo.GroupBatch):
+    """Ω_i = Σ_t ω̃_{i,t} ``[..., G]`` (Appendix A) at the first inner step.
+
+    For the clipped-ratio objectives this is Σ_t α_{i,t}, i.e. ``aux["omega"]``
+    of ``jgrpo.loss``: 1/(Gσ) for grpo/gspo/gcpo, |o_i|/G for dr_grpo,
+    |o_i|/(σ Σ_j|o_j|) for dapo.
+
+    Args:
+      spec: the method.
+      batch: :class:`jgrpo.GroupBatch` ``[..., G, T]`` (``logp_old`` is π_old's; the
+        first step is at θ = θ_old).
+
+    Returns:
+      ``[..., G]`` float32 (float64 for float64 ``logp_old``).
+    """
+    return jnp.sum(effective_weights(spec, batch), axis=-1)
+
+
+class FirstStep(NamedTuple):
+    """The surrogate at the first inner step, J = Σ_i A_i Ω_i − β R (Prop. 4).
+
+    Attributes:
+      objective: ``[...]`` J per prompt.
+      policy: ``[...]`` Σ_i A_i Ω_i.
+      regularizer: ``[...]`` R(θ_old) (0 when the method has none or β = 0).
+      omega: ``[..., G]`` Ω_i.
+      advantages: ``[..., G]`` A_i.
+    """
+
+    objective: jax.Array
+    policy: jax.Array
+    regularizer: jax.Array
+    omega: jax.Array
+    advantages: jax.Array
+
+
+def first_step_objective(spec: MethodSpec, batch: jgrpo.GroupBatch) -> FirstStep:
+    """J(θ_old) = Σ_i A_i Ω_i − β R(θ_old), per prompt (Prop. 4, Appendix A).
+
+    Computed from Ω (:func:`cumulative_weights`) and A, not from ``jgrpo.loss``;
+    it equals ``jgrpo.loss(spec, batch.logp_old, batch)[1]["objective"]`` for
+    every preset. R is evaluated at θ_old: for the k3 KL it vanishes only when
+    ``logp_ref == logp_old``.
+
+    Args:
+      spec: the method.
+      batch: :class:`jgrpo.GroupBatch` ``[..., G, T]``, with ``logp_ref`` for a
+        KL regularizer (β > 0).
+
+    Returns:
+      :class:`FirstStep`.
+    """
+    validate(spec, batch.logp_old, batch)
+    b = _arrays(batch)
+    adv = jgrpo.advantages(spec, b)
+    omega = cumulative_weights(spec, batch)
+    policy = jnp.sum(adv.astype(omega.dtype) * omega, axis=-1)
+    if spec.regularizer == Regularizer.NONE or spec.beta == 0:
+        reg = jnp.zeros(policy.shape, policy.dtype)
+    else:
+        value, weight = regularizer_terms(spec, b.logp_old, b, adv)
+        reg = jnp.sum(value * weight, axis=(-2, -1)).astype(policy.dtype)
+    return FirstStep(
+        objective=policy - spec.beta * reg,
+        policy=policy,
+        regularizer=reg,
+        omega=omega,
+        advantages=adv,
+    )
+
+
+def advantage_weight_covariance(spec: MethodSpec, batch: jgrpo.GroupBatch):
+    """G · Cov(A, Ω) per group, ``[...]`` (Appendix A).
+
+    G · Cov(A, Ω) = Σ_i (A_i − Ā)(Ω_i − Ω̄), with the population covariance over
+    the G completions. Because Σ_i A_i = 0 for group-centred advantages (Eq. 2,
+    also RLOO's), it equals Σ_i A_i Ω_i, the policy part of the first-step
+    objective: J(θ_old) = G · Cov(A, Ω) − β R.
+
+    Note:
+      With ``batch.advantages`` that do not sum to zero (or verl's groups of
+      one, A = r), Σ_i A_i Ω_i = G · Cov(A, Ω) + G Ā Ω̄; this function returns
+      the covariance term only.
+    """
+    omega = cumulative_weights(spec, batch)
+    adv = jgrpo.advantages(spec, _arrays(batch)).astype(omega.dtype)
+    da = adv - jnp.mean(adv, axis=-1, keepdims=True)
+    dw = omega - jnp.mean(omega, axis=-1, keepdims=True)
+    return jnp.sum(da * dw, axis=-1)
+
+
+class ProxyStats(NamedTuple):
+    """How well a surrogate value tracks reward improvement (Prop. 4).
+
+    Attributes:
+      pearson: ``[...]`` Pearson correlation of value_n and Δr_n.
+      spearman: ``[...]`` Spearman rank correlation (average ranks for ties).
+      n: the number of (value, improvement) pairs, N − lag.
+    """
+
+    pearson: jax.Array
+    spearman: jax.Array
+    n: int
+
+
+def _pearson(x, y):
+    x = x - jnp.mean(x, axis=-1, keepdims=True)
+    y = y - jnp.mean(y, axis=-1, keepdims=True)
+    den = jnp.sqrt(jnp.sum(x * x, axis=-1) * jnp.sum(y * y, axis=-1))
+    return jnp.sum(x * y, axis=-1) / den
+
+
+def _average_ranks(x):
+    """0-based ranks along the last axis; ties share their average rank."""
+    n = x.shape[-1]
+    flat = x.reshape(-1, n)
+    srt = jnp.sort(flat, axis=-1)
+    below = jax.vmap(lambda a, v: jnp.searchsorted(a, v, side="left"))(srt, flat)
+    upto = jax.vmap(lambda a, v: jnp.searchsorted(a, v, side="right"))(srt, flat)
+    return (0.5 * (below + upto - 1).astype(x.dtype)).reshape(x.shape)
+
+
+@functools.partial(jax.jit, static_argnames="lag")
+def _stats(values, rewards, lag):
+    improvement = rewards[..., lag:] - rewards[..., :-lag]
+    v = values[..., : values.shape[-1] - lag]
+    return _pearson(v, improvement), _pearson(_average_ranks(v), _average_ranks(improvement))
+
+
+def surrogate_vs_improvement(values, rewards, *, lag: int = 1) -> ProxyStats:
+    """Correlation of the per-step surrogate value with the reward improvement it precedes.
+
+    For a training run of N steps, pairs value_n (the surrogate J — or the loss
+    −J — reported at step n) with Δr_n = r̄_{n+lag} − r̄_n, the change of mean
+    reward over the next ``lag`` steps, n = 0..N−lag−1, and returns their
+    Pearson and Spearman correlations. Prop. 4 predicts values near 0 for
+    length-normalised methods (J = −βR at each batch's first step, whatever
+    the rewards) — the loss curve is not a progress signal.
+
+    Args:
+      values: ``[..., N]`` surrogate values per step (leading dims: runs).
+      rewards: ``[..., N]`` mean reward per step, same shape.
+      lag: ≥ 1, a Python int.
+
+    Returns:
+      :class:`ProxyStats`; the correlations are NaN where either series is
+      constant (the correlation is undefined there).
+
+    Raises:
+      ValueError: shapes differ, rank 0, N − lag < 3, or a bad ``lag``.
+    """
+    v = jnp.asarray(values)
+    r = jnp.asarray(rewards)
+    dtype = jnp.promote_types(jnp.result_type(v, r), jnp.float32)
+    if np.shape(v) != np.shape(r):
+        raise ValueError(f"values and rewards must have the same shape [..., N], got {np.shape(v)} and {np.shape(r)}")
+    if v.ndim < 1:
+        raise ValueError("values must have shape [..., N] (rank >= 1), got a scalar")
+    if not isinstance(lag, int) or isinstance(lag, bool) or lag < 1:
+        raise ValueError(f"lag must be a Python int >= 1, got {lag!r}")
+    n = v.shape[-1] - lag
+    if n < 3:
+        raise ValueError(f"need at least 3 (value, improvement) pairs: N - lag = {v.shape[-1]} - {lag} = {n}")
+    pearson, spearman = _stats(v.astype(dtype), r.astype(dtype), lag)
+    return ProxyStats(pearson=pearson, spearman=spearman, n=n)

@@ -1,0 +1,296 @@
+"""Prop. 4 / Appendix A (the loss is not a progress signal): analysis.proxy.
+
+At the first inner step (logp = logp_old) J = Σ_i A_i Ω_i − β R, computed by
+analysis.proxy from Ω and A and checked against jgrpo.loss; −β R exactly for
+length-normalised weights, (1/G) Σ_i A_i |o_i| − β R for dr_grpo, G·Cov(A, Ω)
+for dapo and the other weightings.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import jgrpo
+from analysis import proxy as px
+from tests.conftest import make_batch
+
+G, T = 4, 6
+
+# Presets whose Omega_i is the same for every (non-empty) completion of a group,
+# so that J(theta_old) = -beta R: alpha = c/|o_i| with c constant in the group.
+LENGTH_NORMALISED = [
+    ("grpo", {}),
+    ("grpo_v32", {}),
+    ("gspo", {}),
+    ("gcpo", {}),
+    ("gmpo", {}),
+    ("rloo", {}),
+    ("cppo", {}),  # only while no |A_i| <= gamma (see test_cppo_pruning_breaks_it)
+    ("gtpo", {"gtpo_conflicts": False}),  # only without conflict tokens (see test_gtpo_conflicts_break_it)
+]
+CASES = [(n, f, o) for n, o in LENGTH_NORMALISED for f in jgrpo.methods.flavors(n)]
+
+
+def _batch(seed=0, *, b=3, empty=False, rewards=None, ref_spread=0.5):
+    batch, _ = make_batch(seed=seed, b=b, g=G, t=T, empty=empty)
+    rng = np.random.default_rng(seed + 1)
+    logp_ref = (np.asarray(batch.logp_old) - ref_spread * rng.normal(size=batch.logp_old.shape)).astype(np.float32)
+    return jgrpo.GroupBatch(
+        mask=batch.mask,
+        logp_old=batch.logp_old,
+        rewards=batch.rewards if rewards is None else np.asarray(rewards, np.float32),
+        logp_ref=logp_ref,
+        tokens=batch.tokens,
+        entropy=batch.entropy,
+    )
+
+
+# Eager on purpose: one small batch per preset compiles faster op by op than as a whole program.
+_first_step = px.first_step_objective
+_cov = px.advantage_weight_covariance
+
+
+def _loss_objective(spec, batch):
+    return jgrpo.loss(spec, jnp.asarray(batch.logp_old), batch)[1]
+
+
+def _lengths(batch):
+    return np.asarray(batch.mask, np.float64).sum(-1)
+
+
+# ----------------------------------------------------------------------------- the identity, every preset
+
+
+def test_first_step_identity_every_preset(preset):
+    """J(theta_old) from Omega and A equals jgrpo.loss's objective at logp = logp_old."""
+    batch = _batch(seed=3, empty=True)  # prompt 0 has an empty completion, the others none
+    fs = _first_step(preset, batch)
+    aux = _loss_objective(preset, batch)
+    np.testing.assert_allclose(fs.objective, aux["objective"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fs.policy, aux["policy"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fs.regularizer, aux["regularizer"], rtol=1e-5, atol=1e-6)
+    if preset.regularizer in ("kl", "kl_importance") and preset.beta > 0:
+        assert np.all(np.asarray(fs.regularizer) > 0)  # R(theta_old) != 0: logp_ref != logp_old
+    # Sum_i A_i Omega_i = G Cov(A, Omega) (Sum_i A_i = 0)
+    np.testing.assert_allclose(_cov(preset, batch), fs.policy, rtol=1e-5, atol=1e-6)
+    # Omega = Sum_t alpha (jgrpo.loss's aux["omega"]) where the term at ratio 1 is A itself
+    if preset.objective not in ("logp", "cispo", "sapo"):
+        np.testing.assert_allclose(fs.omega, aux["omega"], rtol=1e-6)
+    else:  # A log pi_old or (2/tau) A
+        assert not np.allclose(fs.omega, aux["omega"])
+
+
+# ----------------------------------------------------------------------------- Prop. 4's three cases
+
+
+@pytest.mark.parametrize("name,flavor,over", CASES, ids=[f"{n}-{f}" for n, f, _ in CASES])
+def test_length_normalised_first_step_is_minus_beta_r(name, flavor, over):
+    spec = jgrpo.methods.get(name, flavor=flavor, **over)
+    batch = _batch(seed=5)
+    fs = _first_step(spec, batch)
+    omega, adv = np.asarray(fs.omega), np.asarray(fs.advantages)
+    live = np.abs(adv).sum(-1) > 0
+    assert live.sum() >= 2
+    np.testing.assert_allclose(omega[live], omega[live][:, :1] * np.ones((1, G)), rtol=1e-6)  # constant in a group
+    scale = np.sum(np.abs(adv) * np.abs(omega), axis=-1)
+    assert np.all(np.abs(np.asarray(fs.policy)) <= 1e-6 * np.maximum(scale, 1e-30))
+    np.testing.assert_allclose(fs.objective, -spec.beta * np.asarray(fs.regularizer), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(_loss_objective(spec, batch)["objective"], fs.objective, rtol=1e-5, atol=1e-7)
+    if name == "cppo":
+        return  # other rewards may put some |A_i| <= gamma: see test_cppo_pruning_breaks_it
+    # the first-step surrogate does not see the rewards at all
+    other = _batch(seed=5, rewards=np.random.default_rng(9).uniform(-3, 3, size=(3, G)))
+    fo = _first_step(spec, other)
+    tol = 1e-6 * np.max(np.sum(np.abs(np.asarray(fo.advantages) * np.asarray(fo.omega)), axis=-1))
+    np.testing.assert_allclose(fo.objective, fs.objective, rtol=1e-5, atol=tol)
+
+
+def test_empty_completion_breaks_length_normalisation():
+    """Omega_i = 0 for |o_i| = 0: grpo's J(theta_old) = -A_empty/(G sigma) - beta R, not -beta R."""
+    spec = jgrpo.methods.get("grpo")
+    batch = _batch(seed=3, empty=True)  # completion G-1 of prompt 0 is empty
+    fs = _first_step(spec, batch)
+    r = np.asarray(batch.rewards, np.float64)[0]
+    a = r - r.mean()
+    assert abs(a[-1]) > 0.1
+    np.testing.assert_allclose(fs.policy[0], -a[-1] / (G * r.std()), rtol=1e-5)
+
+
+@pytest.mark.parametrize("flavor,c", [("paper", 1.0 / G), ("trl", 1.0 / (G * 512.0)), ("verl", 1.0 / (G * T))])
+def test_constant_weights_dr_grpo(flavor, c):
+    """alpha = C: J(theta_old) = C Sum_i A_i |o_i| - beta R (C = 1/G; TRL 1/(G L), verl 1/(G T))."""
+    spec = jgrpo.methods.get("dr_grpo", flavor=flavor)
+    batch = _batch(seed=6)
+    fs = _first_step(spec, batch)
+    r = np.asarray(batch.rewards, np.float64)
+    expected = c * np.sum((r - r.mean(-1, keepdims=True)) * _lengths(batch), axis=-1)
+    assert np.max(np.abs(expected)) > 0.1 * c  # lengths differ: not zero
+    np.testing.assert_allclose(fs.policy, expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(fs.objective, expected - spec.beta * np.asarray(fs.regularizer), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(_loss_objective(spec, batch)["objective"], fs.objective, rtol=1e-5, atol=1e-7)
+
+
+def test_dapo_is_g_times_covariance():
+    """dapo: Omega_i = |o_i| / (sigma Sum_j |o_j|), J(theta_old) = G Cov(A, Omega)."""
+    spec = jgrpo.methods.get("dapo")
+    batch = _batch(seed=7)
+    r = np.asarray(batch.rewards, np.float64)
+    lengths = _lengths(batch)
+    sigma = r.std(-1, keepdims=True)
+    omega = np.where(sigma > 0, lengths / np.where(sigma > 0, sigma, 1) / lengths.sum(-1, keepdims=True), 0.0)
+    np.testing.assert_allclose(px.cumulative_weights(spec, batch), omega, rtol=1e-6)
+    a = r - r.mean(-1, keepdims=True)
+    cov = np.array([G * np.cov(a[k], omega[k], bias=True)[0, 1] for k in range(len(r))])
+    fs = _first_step(spec, batch)
+    assert np.max(np.abs(cov)) > 1e-2
+    np.testing.assert_allclose(_cov(spec, batch), cov, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(fs.objective, cov, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(_loss_objective(spec, batch)["objective"], cov, rtol=1e-5, atol=1e-7)
+
+
+def test_cppo_pruning_breaks_it():
+    """Omega_i = 1{|A_i| > gamma}/(G sigma): J = Sum_{|A_i| > gamma} A_i / (G sigma) - beta R."""
+    spec = jgrpo.methods.get("cppo", prune_gamma=0.3)
+    r = np.array([[1.0, 0.6, 0.2, 0.0]] * 3)  # A = .55, .15, -.25, -.45
+    batch = _batch(seed=8, rewards=r)
+    fs = _first_step(spec, batch)
+    a = r - r.mean(-1, keepdims=True)
+    expected = np.sum(np.where(np.abs(a) > 0.3, a, 0.0), axis=-1) / (G * r.std(-1))
+    assert np.all(np.abs(expected) > 0.05)
+    np.testing.assert_allclose(fs.policy, expected, rtol=1e-5)
+    np.testing.assert_allclose(_loss_objective(spec, batch)["objective"], fs.objective, rtol=1e-5, atol=1e-7)
+
+
+def test_sapo_temperatures_break_it():
+    """Omega_i = 2/(tau_i G sigma): J = 2/(G sigma) (1/tau_pos - 1/tau_neg) Sum_{A_i > 0} A_i > 0."""
+    spec = jgrpo.methods.get("sapo")
+    batch = _batch(seed=9)
+    r = np.asarray(batch.rewards, np.float64)
+    a = r - r.mean(-1, keepdims=True)
+    sigma = r.std(-1)
+    pos = np.sum(np.where(a > 0, a, 0.0), axis=-1)
+    expected = np.where(sigma > 0, 2 / (G * np.where(sigma > 0, sigma, 1)), 0.0) * (1 / spec.tau_pos - 1 / spec.tau_neg)
+    expected = expected * pos
+    assert np.all(expected[pos > 0] > 1e-3)
+    np.testing.assert_allclose(_first_step(spec, batch).objective, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_gtpo_conflicts_break_it():
+    """lambda = w on conflict tokens of positive completions, 0 on negative ones: Cov(A, Omega) > 0."""
+    spec = jgrpo.methods.get("gtpo")
+    batch = _batch(seed=10)
+    fs = _first_step(spec, batch)
+    live = np.abs(np.asarray(fs.advantages)).sum(-1) > 0
+    assert np.all(np.asarray(fs.policy)[live] > 1e-3)
+    np.testing.assert_allclose(_cov(spec, batch), fs.policy, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    rewards=st.lists(st.floats(-5, 5, width=32), min_size=3 * G, max_size=3 * G),
+    lengths=st.lists(st.integers(1, T), min_size=3 * G, max_size=3 * G),
+    name=st.sampled_from(["grpo", "dr_grpo", "dapo", "gpg", "cispo", "sapo", "rloo"]),
+)
+def test_sum_a_omega_is_g_cov_property(rewards, lengths, name):
+    spec = jgrpo.methods.get(name)
+    lengths = np.array(lengths).reshape(3, G)
+    base = _batch(seed=11)
+    batch = jgrpo.GroupBatch(
+        mask=(np.arange(T) < lengths[..., None]).astype(np.float32),
+        logp_old=base.logp_old,
+        rewards=np.array(rewards, np.float32).reshape(3, G),
+        logp_ref=base.logp_ref,
+    )
+    fs = _first_step(spec, batch)
+    scale = np.sum(np.abs(np.asarray(fs.advantages) * np.asarray(fs.omega)), axis=-1)
+    np.testing.assert_allclose(_cov(spec, batch), fs.policy, rtol=0, atol=1e-5 * np.max(scale) + 1e-7)
+    if name in ("grpo", "rloo"):
+        assert np.all(np.abs(np.asarray(fs.policy)) <= 1e-5 * scale + 1e-7)
+
+
+def test_jit_vmap_and_no_recompile():
+    spec = jgrpo.methods.get("dr_grpo")
+    batches = [_batch(seed=s) for s in (20, 21, 22)]
+    stacked = jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *batches)
+    f = jax.jit(px.first_step_objective, static_argnums=0)
+    out = jax.vmap(lambda b: f(spec, b))(stacked)
+    for k, b in enumerate(batches):
+        np.testing.assert_allclose(out.objective[k], px.first_step_objective(spec, b).objective, rtol=1e-6)
+        np.testing.assert_allclose(out.omega[k], px.cumulative_weights(spec, b), rtol=1e-6)
+    f(spec, batches[0])
+    size = f._cache_size()
+    f(spec, batches[1])
+    assert f._cache_size() == size
+
+
+def test_bad_input():
+    batch = _batch(seed=0)
+    spec = jgrpo.methods.get("grpo")
+    no_ref = jgrpo.GroupBatch(mask=batch.mask, logp_old=batch.logp_old, rewards=batch.rewards)
+    with pytest.raises(ValueError, match="logp_ref"):
+        px.first_step_objective(spec, no_ref)
+    px.cumulative_weights(spec, no_ref)  # Omega does not need the reference policy
+    bad = jgrpo.GroupBatch(mask=batch.mask, logp_old=batch.logp_old[..., :-1], rewards=batch.rewards)
+    with pytest.raises(ValueError, match="logp"):
+        px.cumulative_weights(spec, bad)
+
+
+# ----------------------------------------------------------------------------- surrogate vs improvement
+
+
+def _np_spearman(x, y):
+    def ranks(v):
+        out = np.empty(len(v))
+        for i, vi in enumerate(v):
+            out[i] = np.sum(v < vi) + (np.sum(v == vi) - 1) / 2
+        return out
+
+    return np.corrcoef(ranks(x), ranks(y))[0, 1]
+
+
+def test_surrogate_vs_improvement_hand_cases():
+    rng = np.random.default_rng(0)
+    gains = rng.normal(size=30)
+    rewards = np.concatenate([[0.0], np.cumsum(gains)])  # r_{n+1} - r_n = gains[n]
+    stats = px.surrogate_vs_improvement(np.concatenate([3 * gains + 1, [0.0]]), rewards)
+    assert stats.n == 30
+    np.testing.assert_allclose([stats.pearson, stats.spearman], [1.0, 1.0], rtol=1e-5)
+    monotone = px.surrogate_vs_improvement(np.concatenate([np.exp(2 * gains), [0.0]]), rewards)
+    np.testing.assert_allclose(monotone.spearman, 1.0, rtol=1e-5)
+    assert float(monotone.pearson) < 0.95
+    anti = px.surrogate_vs_improvement(np.concatenate([-gains, [5.0]]), rewards)
+    np.testing.assert_allclose(anti.pearson, -1.0, rtol=1e-5)
+    # constant surrogate (e.g. -beta R = 0): the correlation is undefined
+    assert np.isnan(px.surrogate_vs_improvement(np.zeros(31), rewards).pearson)
+
+
+def test_surrogate_vs_improvement_matches_numpy_with_ties_batch_and_lag():
+    rng = np.random.default_rng(1)
+    values = rng.integers(0, 4, size=(2, 25)).astype(np.float32)  # many ties
+    rewards = rng.integers(0, 3, size=(2, 25)).astype(np.float32)
+    for lag in (2,):
+        stats = px.surrogate_vs_improvement(values, rewards, lag=lag)
+        assert stats.pearson.shape == (2,) and stats.n == 25 - lag
+        for k in range(2):
+            v, d = values[k, :-lag].astype(np.float64), (rewards[k, lag:] - rewards[k, :-lag]).astype(np.float64)
+            np.testing.assert_allclose(stats.pearson[k], np.corrcoef(v, d)[0, 1], rtol=1e-5)
+            np.testing.assert_allclose(stats.spearman[k], _np_spearman(v, d), rtol=1e-5)
+
+
+def test_surrogate_vs_improvement_bad_input():
+    with pytest.raises(ValueError, match="same shape"):
+        px.surrogate_vs_improvement(np.zeros(5), np.zeros(6))
+    with pytest.raises(ValueError, match="at least 3"):
+        px.surrogate_vs_improvement(np.zeros(3), np.zeros(3))
+    with pytest.raises(ValueError, match="lag"):
+        px.surrogate_vs_improvement(np.zeros(5), np.zeros(5), lag=0)
+    with pytest.raises(ValueError, match="rank"):
+        px.surrogate_vs_improvement(np.float32(1), np.float32(2))
