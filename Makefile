@@ -36,4 +36,4 @@ clean:
 # Optional: torch (CPU) + the real verl 0.9.1, then the flavor="verl" checks against it.
 interop: $(VENV)/.installed
 	bash scripts/install_interop.sh
-	$(PY) -m pytest -m interop tests/interop -q
+	$(PY) -m pytest -m interop tests/interop

@@ -61,11 +61,11 @@ def validate(spec: MethodSpec, logp, batch: GroupBatch) -> None:
     )
 
 
-def advantages(spec: MethodSpec, batch: GroupBatch):
+def advantages(spec: MethodSpec, batch: GroupBatch, dtype=jnp.float32):
     """A_i ``[..., G]``: ``batch.advantages`` if given, else Eq. 2 (see :func:`centred_advantages`)."""
     if batch.advantages is not None:
-        return jnp.asarray(batch.advantages, jnp.float32)
-    return centred_advantages(spec, jnp.asarray(batch.rewards, jnp.float32))
+        return jnp.asarray(batch.advantages, dtype)
+    return centred_advantages(spec, jnp.asarray(batch.rewards, dtype))
 
 
 def terms(spec: MethodSpec, logp, batch: GroupBatch) -> Terms:
@@ -81,13 +81,13 @@ def terms(spec: MethodSpec, logp, batch: GroupBatch) -> Terms:
     batch = GroupBatch(
         mask=mask,
         logp_old=logp_old,
-        rewards=jnp.asarray(batch.rewards),
+        rewards=jnp.asarray(batch.rewards, dtype),
         logp_ref=None if batch.logp_ref is None else jnp.asarray(batch.logp_ref),
         tokens=None if batch.tokens is None else jnp.asarray(batch.tokens),
         entropy=None if batch.entropy is None else jnp.asarray(batch.entropy),
         advantages=batch.advantages,
     )
-    adv = advantages(spec, batch)
+    adv = advantages(spec, batch, dtype)
     sur = surrogate(spec, logp, logp_old, mask, adv)
     alpha = policy_weights(spec, batch, adv, jax.lax.stop_gradient(token_log_ratio(logp, logp_old, mask)))
     if spec.regularizer == Regularizer.NONE or spec.beta == 0:

@@ -64,4 +64,4 @@ def regularizer_terms(spec: MethodSpec, logp, batch, advantages):
     value = kl_estimate(spec, logp, batch.logp_ref.astype(logp.dtype), mask)
     if spec.regularizer == Regularizer.KL_IMPORTANCE:
         value = ratio * value
-    return masked(value, mask), normaliser(spec, mask).astype(logp.dtype)
+    return masked(value, mask), normaliser(spec, mask, logp.dtype)

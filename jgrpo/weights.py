@@ -16,9 +16,9 @@ from jgrpo.advantages import group_all_equal, reward_scale, reward_std
 from jgrpo.methods import Agg, FNorm, GpgRescale, MethodSpec, Objective, Scope
 
 
-def lengths(mask):
-    """``[..., G, T] -> [..., G]`` float32 completion lengths L_i = sum_t m_{i,t}."""
-    return jnp.sum(mask.astype(jnp.float32), axis=-1)
+def lengths(mask, dtype=jnp.float32):
+    """``[..., G, T] -> [..., G]`` completion lengths L_i = sum_t m_{i,t} (float ``dtype``)."""
+    return jnp.sum(mask.astype(dtype), axis=-1)
 
 
 def num_prompts(mask) -> int:
@@ -30,7 +30,7 @@ def _safe_inv(x):
     return jnp.where(x > 0, 1.0 / jnp.where(x > 0, x, 1.0), 0.0)
 
 
-def normaliser(spec: MethodSpec, mask):
+def normaliser(spec: MethodSpec, mask, dtype=jnp.float32):
     """The aggregation part of alpha, ``[..., G, T]``, zero on padding.
 
     Implements the token normalisers of Table 1 (1/(G|o_i|), 1/sum_j|o_j|, 1/G,
@@ -41,15 +41,15 @@ def normaliser(spec: MethodSpec, mask):
       counts run over the whole batch and alpha is multiplied by B, so that the
       mean over prompts equals verl's single batch-wide sum.
     """
-    m = mask.astype(jnp.float32)
-    length = lengths(mask)[..., None]  # [..., G, 1]
+    m = mask.astype(dtype)
+    length = lengths(mask, dtype)[..., None]  # [..., G, 1]
     g, t = mask.shape[-2:]
     if spec.scope == Scope.GROUP:
-        n_rows = jnp.float32(g)
+        n_rows = jnp.asarray(g, dtype)
         n_tokens = jnp.sum(length, axis=-2, keepdims=True)  # [..., 1, 1]
         factor = 1.0
     else:
-        n_rows = jnp.sum((length > 0).astype(jnp.float32))
+        n_rows = jnp.sum((length > 0).astype(dtype))
         n_tokens = jnp.sum(length)
         factor = float(num_prompts(mask))
     norm_length = spec.norm_length if spec.norm_length > 0 else float(t)
@@ -155,14 +155,14 @@ def gpg_factor(spec: MethodSpec, rewards):
     ``nonzero``: alpha-hat = (B*G) / max(#non-zero rewards, 1) as in verl.
     F_norm: 1, or the std of all rewards of the batch (+ std_eps; 1 if zero).
     """
-    factor = jnp.float32(1.0)
+    factor = jnp.ones((), rewards.dtype)
     if spec.gpg_rescale == GpgRescale.GROUPS:
         b = num_prompts(rewards[..., None])
-        m = jnp.sum(group_all_equal(rewards).astype(jnp.float32))
+        m = jnp.sum(group_all_equal(rewards).astype(rewards.dtype))
         factor = jnp.where(b - m > 0, b / jnp.maximum(b - m, 1.0), 1.0)
     elif spec.gpg_rescale == GpgRescale.NONZERO:
         n = rewards.size
-        factor = n / jnp.maximum(jnp.sum((rewards != 0).astype(jnp.float32)), 1.0)
+        factor = n / jnp.maximum(jnp.sum((rewards != 0).astype(rewards.dtype)), 1.0)
     if spec.f_norm == FNorm.BATCH_STD:
         sigma = reward_std(rewards, ddof=spec.std_ddof, axis=tuple(range(rewards.ndim))).reshape(())
         denom = sigma + spec.std_eps
@@ -199,12 +199,13 @@ def policy_weights(spec: MethodSpec, batch, advantages, log_ratio):
       advantages: ``[..., G]`` centred advantages A_i.
       log_ratio: ``[..., G, T]`` log(pi/pi_old), zero on padding (for V3.2's mask).
     """
-    per_completion = reward_scale(spec, batch.rewards.astype(jnp.float32))
+    rewards = batch.rewards
+    per_completion = reward_scale(spec, rewards)
     per_completion = per_completion * prune_factor(spec, advantages)
     per_completion = per_completion * offpolicy_mask(spec, advantages, log_ratio, batch.mask)
     per_completion = per_completion * entropy_filter(spec, batch.entropy, batch.mask)
-    per_completion = per_completion * gpg_factor(spec, batch.rewards.astype(jnp.float32))
-    alpha = normaliser(spec, batch.mask) * per_completion[..., None]
+    per_completion = per_completion * gpg_factor(spec, rewards)
+    alpha = normaliser(spec, batch.mask, per_completion.dtype) * per_completion[..., None]
     if spec.gtpo_conflicts:
         alpha = alpha * gtpo_lambda(spec, batch.tokens, batch.mask, advantages)
     if spec.prefix_debias and spec.objective != Objective.SEQUENCE:
