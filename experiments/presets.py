@@ -50,12 +50,28 @@ def run(ctx: Context):
         }
         result[f"{name}/{flavor}"] = rec
         rows.append(
-            (name, flavor, rec["loss"], rec["grad_norm"], rec["clip_frac_high"], rec["clip_frac_low"],
-             rec["ratio_mean"], rec["kl"])
+            (
+                name,
+                flavor,
+                rec["loss"],
+                rec["grad_norm"],
+                rec["clip_frac_high"],
+                rec["clip_frac_low"],
+                rec["ratio_mean"],
+                rec["kl"],
+            )
         )
         ctx.progress((k + 1) / len(pairs), f"{name}/{flavor}")
     table = markdown_table(
         ["method", "flavor", "loss = -J", "|dloss/dlogp|", "clip high", "clip low", "ratio mean", "kl"], rows
     )
-    return finish(ctx, "presets", "Every preset on one sample group", {"presets": result}, table, [], None,
-                  notes="B = 2 prompts, G = 4, T = 6; one empty completion; random log-ratios of scale 0.25.")
+    return finish(
+        ctx,
+        "presets",
+        "Every preset on one sample group",
+        {"presets": result},
+        table,
+        [],
+        None,
+        notes="B = 2 prompts, G = 4, T = 6; one empty completion; random log-ratios of scale 0.25.",
+    )

@@ -15,7 +15,7 @@ def group_all_equal(rewards):
 def reward_std(rewards, *, ddof: int, axis=-1):
     """Standard deviation of rewards along ``axis`` with ``ddof`` (kept dims)."""
     n = 1
-    for a in (axis if isinstance(axis, tuple) else (axis,)):
+    for a in axis if isinstance(axis, tuple) else (axis,):
         n *= rewards.shape[a]
     mean = jnp.mean(rewards, axis=axis, keepdims=True)
     var = jnp.sum(jnp.square(rewards - mean), axis=axis, keepdims=True) / max(n - ddof, 1)

@@ -51,8 +51,15 @@ def _shape_str(shape: tuple[int, ...]) -> str:
     return str(tuple(int(s) for s in shape))
 
 
-def check_inputs(logp: Any, batch: GroupBatch, *, need_ref: bool = False, need_tokens: bool = False,
-                 need_entropy: bool = False, min_group: int = 1) -> None:
+def check_inputs(
+    logp: Any,
+    batch: GroupBatch,
+    *,
+    need_ref: bool = False,
+    need_tokens: bool = False,
+    need_entropy: bool = False,
+    min_group: int = 1,
+) -> None:
     """Checks ranks, shapes and dtypes at trace time; NaNs when values are concrete.
 
     Raises:

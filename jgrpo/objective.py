@@ -11,7 +11,7 @@ from jgrpo.advantages import centred_advantages
 from jgrpo.batch import GroupBatch, check_inputs
 from jgrpo.methods import Advantage, MethodSpec, Regularizer, Scale
 from jgrpo.ratios import masked, surrogate, token_log_ratio
-from jgrpo.regularizers import regularizer_terms
+from jgrpo.regularizers import kl_estimate, regularizer_terms
 from jgrpo.weights import policy_weights
 
 
@@ -158,9 +158,9 @@ def loss(spec: MethodSpec, logp, batch: GroupBatch):
     m = mask.astype(bool)
     big = jnp.asarray(jnp.inf, t.ratio.dtype)
     if batch.logp_ref is not None:
-        from jgrpo.regularizers import kl_estimate
-
-        kl = _masked_mean(kl_estimate(spec, logp.astype(t.ratio.dtype), jnp.asarray(batch.logp_ref).astype(t.ratio.dtype), mask), mask)
+        dtype = t.ratio.dtype
+        kl_tokens = kl_estimate(spec, logp.astype(dtype), jnp.asarray(batch.logp_ref).astype(dtype), mask)
+        kl = _masked_mean(kl_tokens, mask)
     else:
         kl = jnp.zeros((), t.ratio.dtype)
     aux = {

@@ -256,8 +256,16 @@ def test_bad_shapes_and_dtypes():
     with pytest.raises(ValueError, match="needs batch.tokens"):
         jgrpo.loss(methods.get("gtpo"), logp, dataclasses.replace(batch, tokens=None))
     with pytest.raises(ValueError, match="needs a group size G >= 2; got G = 1"):
-        jgrpo.loss(spec, logp[:, :1], jgrpo.GroupBatch(mask=batch.mask[:, :1], logp_old=batch.logp_old[:, :1],
-                                                          rewards=batch.rewards[:, :1], logp_ref=batch.logp_ref[:, :1]))
+        jgrpo.loss(
+            spec,
+            logp[:, :1],
+            jgrpo.GroupBatch(
+                mask=batch.mask[:, :1],
+                logp_old=batch.logp_old[:, :1],
+                rewards=batch.rewards[:, :1],
+                logp_ref=batch.logp_ref[:, :1],
+            ),
+        )
     with pytest.raises(TypeError, match="spec must be a jgrpo.MethodSpec"):
         jgrpo.loss("grpo", logp, batch)
     with pytest.raises(TypeError, match="batch must be a jgrpo.GroupBatch"):
