@@ -84,7 +84,7 @@ def terms(spec: MethodSpec, logp, batch: GroupBatch) -> Terms:
         rewards=jnp.asarray(batch.rewards, dtype),
         logp_ref=None if batch.logp_ref is None else jnp.asarray(batch.logp_ref),
         tokens=None if batch.tokens is None else jnp.asarray(batch.tokens),
-        entropy=None if batch.entropy is None else jnp.asarray(batch.entropy),
+        entropy=None if batch.entropy is None else jnp.asarray(batch.entropy, dtype),
         advantages=batch.advantages,
     )
     adv = advantages(spec, batch, dtype)

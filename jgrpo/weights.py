@@ -137,8 +137,9 @@ def gtpo_lambda(spec: MethodSpec, tokens, mask, advantages):
 
 def mean_entropy(entropy, mask):
     """<H>_i: ``[..., G]`` mean per-token entropy of each completion."""
-    m = mask.astype(jnp.float32)
-    return jnp.sum(jnp.where(m > 0, entropy.astype(jnp.float32), 0.0), axis=-1) * _safe_inv(lengths(mask))
+    dtype = jnp.promote_types(entropy.dtype, jnp.float32)
+    h = jnp.where(mask.astype(bool), entropy.astype(dtype), 0.0)
+    return jnp.sum(h, axis=-1) * _safe_inv(lengths(mask, dtype))
 
 
 def entropy_filter(spec: MethodSpec, entropy, mask):

@@ -90,16 +90,7 @@ CASES = [(n, f, o, _preset_kinds(n, f)) for n, f, o in PRESETS] + VARIANTS
 
 # Known disagreements with the library, marked xfail(strict=True):
 # {(test, name, flavor, overrides, kind): reason}, test in ("reference", "central_differences").
-_ENTROPY_FLOAT32 = (
-    "float64 inputs: the library computes GTPO's mean entropy <H>_i in float32, so the entropy regularizer's "
-    "value and gradient are off by ~5e-8 relative (gtpo, beta=0.1, G=2, T=1, rewards [1, 0], entropy 0.1, "
-    "logp = logp_old = 0: loss 0.010000000149011612 instead of 0.01)"
-)
-XFAIL: dict[tuple, str] = {
-    ("reference", "gtpo", "paper", (("beta", 0.1), ("entropy_threshold", 1.0), ("gtpo_w", 3.0)), "moderate"): (
-        _ENTROPY_FLOAT32
-    ),
-}
+XFAIL: dict[tuple, str] = {}
 
 # Objectives without stop-gradients: jax.grad must match central differences.
 NO_STOP_GRADIENT = {"ppo_clip", "sequence", "geo_mean", "logp", "sapo"}
