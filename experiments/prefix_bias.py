@@ -39,7 +39,7 @@ def run(ctx: Context):
     coef_fn = jax.jit(prefix.coefficients, static_argnums=0)
     specs = _specs()
     coefs = []
-    for k, (name, debias, spec) in enumerate(specs):
+    for k, (name, _debias, spec) in enumerate(specs):
         coefs.append(coef_fn(spec, logp, batch))
         ctx.progress(0.3 + 0.3 * (k + 1) / len(specs), f"coefficients {name}")
     # One forward pass, one vmapped VJP for every (preset, subset): total and shared parts of grad J.
