@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SCALE ?= quick
 OUT ?= results
 
-.PHONY: demo test lint format bench interop clean
+.PHONY: demo test test-all lint format bench interop clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,13 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	JAX_PLATFORMS=$${JAX_PLATFORMS:-cpu} $(PY) -m experiments run all --scale $(SCALE) --out $(OUT)
 
+# Two workers: XLA compiles are mostly single-threaded, so the 2-core CI halves its wall time.
 test: $(VENV)/.installed
-	$(PY) -m pytest -m "not interop" tests
+	$(PY) -m pytest -n $${PYTEST_WORKERS:-2} -m "not interop and not slow" tests
+
+# Everything but the verl comparison, including the slow experiment and benchmark smoke runs.
+test-all: $(VENV)/.installed
+	$(PY) -m pytest -n $${PYTEST_WORKERS:-2} -m "not interop" tests
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .

@@ -400,7 +400,9 @@ class _Block(nnx.Module):
         self.n_heads = config.n_heads
         self.ln1 = nnx.LayerNorm(d, dtype=jnp.float32, param_dtype=pdt, rngs=rngs)
         lin = functools.partial(nnx.Linear, dtype=dt, param_dtype=pdt, kernel_init=_KERNEL_INIT, rngs=rngs)
-        self.qkv = lin(d, 3 * d)
+        # No bias on q, k, v: softmax is shift-invariant, so a key bias has an exactly zero gradient
+        # that float rounding turns into noise which Adam (eps -> 0) amplifies into +-lr steps.
+        self.qkv = lin(d, 3 * d, use_bias=False)
         self.proj = lin(d, d)
         self.ln2 = nnx.LayerNorm(d, dtype=jnp.float32, param_dtype=pdt, rngs=rngs)
         self.fc1 = lin(d, config.d_ff)

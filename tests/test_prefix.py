@@ -67,7 +67,7 @@ def test_prefix_tree_from_tokens():
     np.testing.assert_array_equal(tree.node_size[1, :, 2], [1, 2, 1, 2])
 
 
-@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "dapo", "gspo", "cispo", "gcpo"])
+@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "gspo", "gcpo"])
 def test_shared_equals_w_agg_times_separate_prefix_gradients(model, name):
     logprob_fn, params = model
     batch = make_batch(logprob_fn, params, [[1.0, 0.0, 0.5, 0.0], [0.0, 1.0, 1.0, 0.25]])
@@ -86,7 +86,7 @@ def test_shared_equals_w_agg_times_separate_prefix_gradients(model, name):
     def one_logp(p, b, i, t):
         return logprob_fn(p, jnp.asarray(TOKENS))[b, i, t]
 
-    grad_one = jax.jit(jax.grad(one_logp), static_argnums=(1, 2, 3))
+    grad_one = jax.jit(jax.grad(one_logp))  # one compile: the token index is traced
     expected = jax.tree.map(jnp.zeros_like, params)
     for b, i, t in reps:
         g = grad_one(params, int(b), int(i), int(t))

@@ -277,7 +277,6 @@ SAMPLE_METRICS = {
 }
 
 
-@pytest.mark.slow
 def test_eight_virtual_devices_match_one_device(full_run):
     """Same config on 8 virtual CPU devices (data parallel, subprocess) vs this process's run.
 
