@@ -10,6 +10,8 @@ import numpy as np
 from experiments.common import Context, finish, markdown_table, new_figure, save_figure
 from experiments.policy import setup
 
+MARGIN = 0.25  # tokens; a smaller difference of mean lengths is treated as inconclusive
+
 RUNS = (
     ("grpo", ()),
     ("dr_grpo", ()),
@@ -95,7 +97,8 @@ def run(ctx: Context):
         (
             "1/|o_i| (grpo) lets incorrect completions grow longer than constant weights (dr_grpo)",
             f"incorrect length, last third: grpo {g['length_incorrect']:.2f} vs dr_grpo {d['length_incorrect']:.2f}",
-            bool(gap > 0) if math.isfinite(gap) else None,
+            # pre-stated margin: a gap within +-0.25 token is inconclusive at this scale (one seed)
+            (None if abs(gap) <= MARGIN else bool(gap > 0)) if math.isfinite(gap) else None,
         ),
         (
             "prefix-debiased grpo keeps grpo's accuracy",
@@ -107,8 +110,8 @@ def run(ctx: Context):
     notes = (
         f"{first.steps} outer steps of {first.prompts_per_step} prompts x {first.group_size} completions, mu = "
         f"{first.inner_steps}, AdamW lr {first.learning_rate}, beta = 0 (weightings compared alone), the same seed "
-        "(same warm-up, same first batch) for every method. One seed: differences of a few tenths of a token are "
-        "within run-to-run noise at this scale."
+        "(same warm-up, same first batch) for every method. One seed: a difference of mean incorrect length within "
+        f"+-{MARGIN} token is reported as inconclusive (n/a)."
     )
     table = markdown_table(
         ["method", "accuracy (step 0)", "accuracy (last third)", "len correct", "len incorrect", "fillers"], rows
