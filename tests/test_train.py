@@ -281,11 +281,10 @@ def test_eight_virtual_devices_match_one_device(full_run):
     """Same config on 8 virtual CPU devices (data parallel, subprocess) vs this process's run.
 
     The sampled completions are identical (threefry is partitionable, so random bits do not depend on the
-    sharding). Float metrics agree to float32 rounding *amplified by Adam*: its first step is about
-    lr * sign(g), so coordinates whose gradient is rounding noise (the attention key bias, an exact null
-    direction of softmax, and near-null ones) move by +-lr in a direction set by the reduction order. Measured
-    (grpo, lr 3e-4, 4 steps): relative differences up to 3e-3 (the KL, ~x^2, is the most sensitive),
-    10-50x less with SGD.
+    sharding). Float metrics agree to float32 rounding, accumulated over the steps: measured (grpo, lr 3e-4,
+    4 steps) at most 7.5e-5 relative on metrics above 1e-3 and 1.5e-5 on the final log-probs. (Before the
+    transformer lost its q/k/v bias, the key bias -- an exact null direction of softmax -- carried pure
+    rounding noise that Adam's first step, ~lr * sign(g), turned into +-lr moves: differences were ~3e-3.)
     """
     _, full = full_run
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
@@ -303,6 +302,6 @@ def test_eight_virtual_devices_match_one_device(full_run):
             elif math.isnan(a[k]):
                 assert math.isnan(b[k]), (s, k)
             else:
-                assert b[k] == pytest.approx(a[k], rel=1e-2, abs=1e-5), (s, k, a[k], b[k])
+                assert b[k] == pytest.approx(a[k], rel=1e-3, abs=1e-5), (s, k, a[k], b[k])
     # The trained policies are the same function up to that noise.
-    np.testing.assert_allclose(np.asarray(other["logp"]), _probe_logp(full), atol=5e-3)
+    np.testing.assert_allclose(np.asarray(other["logp"]), _probe_logp(full), atol=1e-4)
