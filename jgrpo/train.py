@@ -51,6 +51,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jgrpo
+from analysis import overshoot
 from analysis import prefix as _prefix
 from jgrpo import methods, optim, tasks
 from jgrpo.methods import MethodSpec, Regularizer
@@ -499,18 +500,12 @@ def _masked_mean(x, where):
 
 def _escape(spec: MethodSpec, ratio, advantages, mask):
     """Tokens whose ratio is beyond the clip bound in the advantage-favoured direction (Prop. 3)."""
-    m = mask.astype(bool)
-    adv = advantages[..., None]
-    hi, lo = 1.0 + spec.eps_high, 1.0 - spec.eps_low
-    up = m & (adv > 0) & (ratio > hi)
-    down = m & (adv < 0) & (ratio < lo)
-    excess = jnp.where(up, ratio - hi, 0.0) + jnp.where(down, lo - ratio, 0.0)
-    n = jnp.maximum(jnp.sum(m.astype(jnp.float32)), 1.0)
+    e = overshoot.escape(ratio, advantages, mask, eps_low=spec.eps_low, eps_high=spec.eps_high)
     return {
-        "escape_frac_high": jnp.sum(up) / n,
-        "escape_frac_low": jnp.sum(down) / n,
-        "escape_frac": jnp.sum(up | down) / n,
-        "escape_max": jnp.max(excess),
+        "escape_frac_high": e.frac_high,
+        "escape_frac_low": e.frac_low,
+        "escape_frac": e.frac,
+        "escape_max": jnp.maximum(e.max_excess_high, e.max_excess_low),
     }
 
 
