@@ -47,6 +47,7 @@ Note:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -212,15 +213,7 @@ def _trajectory_deviation(
     opt = make_optimizer(optimizer, hyper) if isinstance(optimizer, str) else optimizer
     if recompute_logp_old:
         logp0 = jax.lax.stop_gradient(logprob_fn(params, batch.tokens, prompt)).astype(jnp.float32)
-        batch = jgrpo.GroupBatch(
-            mask=batch.mask,
-            logp_old=logp0,
-            rewards=batch.rewards,
-            logp_ref=batch.logp_ref,
-            tokens=batch.tokens,
-            entropy=batch.entropy,
-            advantages=batch.advantages,
-        )
+        batch = dataclasses.replace(batch, logp_old=logp0)
     all_phis = jnp.concatenate([jnp.ones((1,), jnp.float32), phis.astype(jnp.float32)])
 
     def run(phi):
