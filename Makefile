@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SCALE ?= quick
 OUT ?= results
 
-.PHONY: demo test test-all lint format bench interop clean
+.PHONY: demo test test-all lint format bench interop clean readme
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(VENV)/.installed: pyproject.toml
 
 demo: $(VENV)/.installed
 	JAX_PLATFORMS=$${JAX_PLATFORMS:-cpu} $(PY) -m experiments run all --scale $(SCALE) --out $(OUT)
+
+# After `make demo`: copy results/ into docs/results/ and regenerate the README's results section from it.
+readme: $(VENV)/.installed
+	$(PY) -m experiments readme --copy-from $(OUT) --results docs/results --readme README.md
 
 # Two workers: XLA compiles are mostly single-threaded, so the 2-core CI halves its wall time.
 test: $(VENV)/.installed

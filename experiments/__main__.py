@@ -1,4 +1,4 @@
-"""Command line: ``python -m experiments list | run NAME|all [--scale] [--out] [--seed] [--devices] | bench``."""
+"""Command line: ``python -m experiments list | run NAME|all [--scale] [--out] [--seed] [--devices] | bench | readme``."""
 
 from __future__ import annotations
 
@@ -28,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run the benchmarks (ratios side by side) and write bench.json")
     bench.add_argument("--out", default="results", help="output folder (default: results)")
     bench.add_argument("--quick", action="store_true", help="smaller sizes and fewer repetitions")
+    readme = sub.add_parser("readme", help="regenerate the README's results section from saved results")
+    readme.add_argument("--results", default="docs/results", help="results folder (default: docs/results)")
+    readme.add_argument("--readme", default="README.md", help="the README to update (default: README.md)")
+    readme.add_argument("--copy-from", default=None, help="first copy a run's output folder into --results")
     return p
 
 
@@ -41,6 +45,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         for name in REGISTRY:
             print(f"{name:16s} {DESCRIPTIONS[name]}")
+        return 0
+    if args.command == "readme":
+        from experiments import readme as rd
+
+        try:
+            if args.copy_from:
+                rd.copy_results(Path(args.copy_from), Path(args.results))
+            changed = rd.update_readme(Path(args.readme), Path(args.results))
+        except (OSError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"{args.readme}: {'updated' if changed else 'unchanged'} from {args.results}")
         return 0
     if args.command == "bench":
         from experiments import bench
@@ -86,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 report(1.0, f"FAILED: {type(e).__name__}")
                 traceback.print_exc()
             timings[name] = time.perf_counter() - t0
-    write_report(out, outcomes, timings, scale=args.scale, failures=[(n, repr(e)) for n, e in failures])
+    write_report(out, timings, failures=[(n, repr(e)) for n, e in failures])
     _summary(outcomes, timings, failures)
     print(f"report: {out / 'report.md'}")
     return 1 if failures else 0
@@ -97,12 +113,20 @@ def _summary(outcomes, timings, failures) -> None:
     from rich.table import Table
 
     table = Table(title="summary")
-    for col in ("experiment", "claim", "measured", "reproduced", "seconds"):
-        table.add_column(col)
+    for col in ("experiment", "claim", "measured", "verdict", "seconds"):
+        table.add_column(col, overflow="fold")
     for o in outcomes:
-        for k, (claim, measured, ok) in enumerate(o.claims or [("(no claims)", "", None)]):
-            mark = "n/a" if ok is None else ("yes" if ok else "NO")
-            table.add_row(o.name if k == 0 else "", claim, measured, mark, f"{timings[o.name]:.0f}" if k == 0 else "")
+        if not o.claims:
+            table.add_row(o.name, "(no claims)", "", "", f"{timings[o.name]:.0f}")
+        for k, c in enumerate(o.claims):
+            mark = c.verdict.upper() if c.verdict == "not reproduced" else c.verdict
+            table.add_row(
+                o.name if k == 0 else "",
+                f"[{c.kind}] {c.claim}",
+                c.measured,
+                mark,
+                f"{timings[o.name]:.0f}" if k == 0 else "",
+            )
     for name, e in failures:
         table.add_row(name, "FAILED", f"{type(e).__name__}: {e}"[:80], "", f"{timings[name]:.0f}")
     Console().print(table)

@@ -37,12 +37,90 @@ class Context:
         return self.scale == "quick"
 
 
+KINDS = ("experiment", "verification")
+VERDICTS = ("reproduced", "not reproduced", "inconclusive")
+MIN_SEEDS = 5
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Claim:
+    """One claim of the paper (or of jgrpo beyond it) and the verdict of its test.
+
+    The criterion and what would falsify it are written in the experiment's code
+    *before* the measurement is made; the verdict is computed from the measured
+    numbers by the experiment's claim function, never typed in.
+
+    Attributes:
+      claim: what is claimed, in words (e.g. "Prop. 3: at equal surrogate gain, Adam's
+        momentum increases escape").
+      kind: "experiment" (a measurement that could come out either way, with seeds and a
+        confidence interval) or "verification" (an identity or closed form checked to
+        rounding: it holds by construction of correct code and says nothing new about
+        the paper's claim).
+      criterion: the decision rule, stated before the run.
+      falsified_if: the outcome that would count against the claim.
+      measured: the measured value(s), in words and numbers.
+      verdict: "reproduced", "not reproduced" or "inconclusive".
+      proposition: which statement of the paper it tests ("Prop. 1", "Eq. 36", "beyond").
+      ci: the 95% confidence interval (lo, hi) of the decisive statistic (experiments).
+      seeds: independent repetitions behind ``ci`` (experiments: ≥ 5 for a decisive verdict).
+
+    Raises:
+      ValueError: unknown kind/verdict; an experiment without a confidence interval or
+        seeds; a decisive experiment verdict from fewer than ``MIN_SEEDS`` seeds.
+    """
+
+    claim: str
+    kind: str
+    criterion: str
+    falsified_if: str
+    measured: str
+    verdict: str
+    proposition: str = ""
+    ci: tuple[float, float] | None = None
+    seeds: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"Claim.kind must be one of {KINDS}, got {self.kind!r} ({self.claim!r})")
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"Claim.verdict must be one of {VERDICTS}, got {self.verdict!r} ({self.claim!r})")
+        for field in ("claim", "criterion", "falsified_if", "measured"):
+            if not isinstance(getattr(self, field), str) or not getattr(self, field).strip():
+                raise ValueError(f"Claim.{field} must be a non-empty string ({self.claim!r})")
+        if self.kind == "experiment":
+            if self.ci is None or len(self.ci) != 2:
+                raise ValueError(f"an experiment claim needs a confidence interval ci=(lo, hi) ({self.claim!r})")
+            if self.seeds is None or self.seeds < 1:
+                raise ValueError(f"an experiment claim needs seeds >= 1 ({self.claim!r})")
+            if self.seeds < MIN_SEEDS and self.verdict != "inconclusive":
+                raise ValueError(
+                    f"an experiment with {self.seeds} < {MIN_SEEDS} seeds can only be 'inconclusive', "
+                    f"got {self.verdict!r} ({self.claim!r})"
+                )
+
+    @property
+    def reproduced(self) -> bool | None:
+        """True / False for a decisive verdict, None when inconclusive."""
+        return None if self.verdict == "inconclusive" else self.verdict == "reproduced"
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["ci"] = None if self.ci is None else [float(self.ci[0]), float(self.ci[1])]
+        return d
+
+
+def verdict(ok: bool | None) -> str:
+    """Maps a decision (True / False / None = undecided) to a verdict string."""
+    return "inconclusive" if ok is None else ("reproduced" if ok else "not reproduced")
+
+
 @dataclasses.dataclass
 class Outcome:
-    """What an experiment reports back: its headline claims for the summary table."""
+    """What an experiment reports back: its claims for the summary table."""
 
     name: str
-    claims: list[tuple[str, str, bool | None]]  # (claim, measured, reproduced?)
+    claims: list[Claim]
     figure: str | None = None
     table: str | None = None
 
@@ -130,20 +208,65 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _as_claim(c) -> Claim:
+    if isinstance(c, Claim):
+        return c
+    if isinstance(c, tuple) and len(c) == 3:  # LEGACY (claim, measured, ok): removed once every experiment is ported
+        claim, measured, ok = c
+        return Claim(
+            claim=claim,
+            kind="verification",
+            criterion="(legacy claim: criterion in the claim text)",
+            falsified_if="(legacy claim)",
+            measured=str(measured),
+            verdict=verdict(ok),
+        )
+    raise TypeError(f"claims must be experiments.common.Claim objects, got {type(c).__name__}: {c!r}")
+
+
 def finish(ctx: Context, name: str, title: str, result: dict, table: str, claims, figure: str | None, notes: str = ""):
-    """Writes result.json and table.md for an experiment and returns its :class:`Outcome`."""
-    write_json(ctx.out / "result.json", {"experiment": name, "scale": ctx.scale, "seed": ctx.seed, **result})
+    """Writes result.json and table.md for an experiment and returns its :class:`Outcome`.
+
+    ``result.json`` gets ``claims``: one object per :class:`Claim` (claim, kind, criterion,
+    falsified_if, measured, ci, seeds, verdict, proposition).
+    """
+    claims = [_as_claim(c) for c in claims]
+    write_json(
+        ctx.out / "result.json",
+        {
+            "experiment": name,
+            "title": title,
+            "scale": ctx.scale,
+            "seed": ctx.seed,
+            "figure": figure,
+            **result,
+            "claims": [c.to_json() for c in claims],
+        },
+    )
     lines = [f"## {title}", ""]
     if figure:
         lines += [f"![{name}]({figure})", ""]
     lines += [table, ""]
     if claims:
-        lines += [markdown_table(["claim", "measured", "reproduced"], [(c, m, _yes(r)) for c, m, r in claims]), ""]
+        lines += [claims_table(claims), ""]
     if notes:
         lines += [notes.strip(), ""]
     write_text(ctx.out / "table.md", "\n".join(lines))
-    return Outcome(name=name, claims=list(claims), figure=figure, table=table)
+    return Outcome(name=name, claims=claims, figure=figure, table=table)
 
 
-def _yes(r: bool | None) -> str:
-    return "n/a" if r is None else ("yes" if r else "**no**")
+def claims_table(claims, *, experiment: str | None = None) -> str:
+    """Markdown table of claims: claim, kind, criterion, measured (95% CI, seeds), verdict."""
+    rows = []
+    for c in claims:
+        c = c if isinstance(c, Claim) else Claim(**c)
+        measured = c.measured
+        if c.ci is not None:
+            measured += f"; 95% CI [{c.ci[0]:.3g}, {c.ci[1]:.3g}]"
+        if c.seeds is not None:
+            measured += f", {c.seeds} seeds"
+        verdict_ = c.verdict if c.verdict != "not reproduced" else "**not reproduced**"
+        row = [c.proposition, c.claim, c.kind, c.criterion, measured, verdict_]
+        rows.append(([experiment] if experiment else []) + row)
+    header = (["experiment"] if experiment else []) + ["", "claim", "kind", "criterion", "measured", "verdict"]
+    return markdown_table(header, rows)

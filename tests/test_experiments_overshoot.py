@@ -114,7 +114,10 @@ def test_run_at_test_size_writes_files_and_measures_every_claim(tmp_path):
     # the guard keeps every ratio inside the trust region (it starts inside)
     assert max(result["escape"]["guard"]["escape_frac"]) == 0.0
     assert len(outcome.claims) == 7 + 3 * len(cfg.transform_mus)
-    for claim, measured, ok in outcome.claims:
+    for c in outcome.claims:
+        claim, measured, ok = c.claim, c.measured, c.reproduced
         assert claim and measured and isinstance(ok, bool)
-    assert outcome.claims[0][2] and outcome.claims[1][2] and outcome.claims[2][2]  # the closed-form claims
-    assert "| claim | measured | reproduced |" in (tmp_path / "table.md").read_text()
+    assert (
+        outcome.claims[0].reproduced and outcome.claims[1].reproduced and outcome.claims[2].reproduced
+    )  # the closed-form claims
+    assert "| claim | kind | criterion | measured | verdict |" in (tmp_path / "table.md").read_text()

@@ -30,12 +30,12 @@ def _check_outputs(ctx: Context, outcome, png: str) -> dict:
         assert (ctx.out / name).stat().st_size > 0, name
     assert outcome.figure == png
     assert outcome.claims
-    for claim, measured, reproduced in outcome.claims:
-        assert isinstance(claim, str) and claim
-        assert NUMBER.search(measured), (claim, measured)
-        assert reproduced in (True, False, None)
+    for c in outcome.claims:
+        assert isinstance(c.claim, str) and c.claim
+        assert NUMBER.search(c.measured), (c.claim, c.measured)
+        assert c.reproduced in (True, False, None)
     table = (ctx.out / "table.md").read_text()
-    assert "| claim | measured | reproduced |" in table
+    assert "| claim | kind | criterion | measured | verdict |" in table
     return json.loads((ctx.out / "result.json").read_text())
 
 
@@ -49,7 +49,7 @@ def test_reward_scaling_tabular(tmp_path):
     ref = cfg.phis.index(1.0)
     assert all(row[ref] == 0.0 for row in dev)  # phi = 1 is the reference run
     # Prop. 2 holds on the tabular policy and the three ways to break it do break it
-    by_claim = {c[:12]: ok for c, _, ok in outcome.claims}
+    by_claim = {c.claim[:12]: c.reproduced for c in outcome.claims}
     assert by_claim["Prop. 2: Ada"] is True
     assert by_claim["SGD breaks i"] is True
 
@@ -73,7 +73,7 @@ def test_loss_proxy_first_step(tmp_path):
     assert set(result["first_step"]) == set(cfg.presets)
     for rec in result["first_step"].values():
         assert rec["identity_err"] < 1e-5
-    assert all(ok is True for _, _, ok in outcome.claims)  # the identities hold on any batch
+    assert all(c.reproduced is True for c in outcome.claims)  # the identities hold on any batch
     assert result["training"] == {}
 
 
