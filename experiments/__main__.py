@@ -1,4 +1,4 @@
-"""Command line: ``python -m experiments list | run NAME|all [--scale] [--out] [--seed] [--devices] | bench | readme``."""
+"""Command line: ``python -m experiments list | run NAME|all | bench | readme`` (``--help`` for the options)."""
 
 from __future__ import annotations
 
