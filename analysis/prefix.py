@@ -18,22 +18,29 @@ prompt with ``functools.partial``): see :mod:`jgrpo.policies`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import jgrpo
 from jgrpo.methods import MethodSpec
+from jgrpo.policies import tree_contexts
 from jgrpo.weights import shared_prefix
 
 __all__ = [
     "Decomposition",
+    "Effects",
     "PrefixTree",
     "coefficients",
     "decompose",
+    "effects",
     "prefix_tree",
+    "tree_expectation",
+    "tree_sequences",
     "w_agg",
 ]
 
@@ -199,3 +206,154 @@ def tree_norm(tree: Any):
     """Global L2 norm of a pytree of arrays."""
     leaves = jax.tree.leaves(tree)
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+
+
+class Effects(NamedTuple):
+    """First-order effects of token subsets' gradient contributions on functionals F_d, per group.
+
+    For a direction ``u_d = grad_theta F_d`` (e.g. the exact gradient of the expected
+    length), the change of F_d along the gradient contribution of a token subset S is
+    ``<u_d, g_S>`` with ``g_S = sum_{(i,t) in S} c_{i,t} grad log pi_{i,t}`` (Prop. 1,
+    Eqs. 15-18). Each entry is that effect for one group's own objective J_b: their
+    mean over the groups is the effect of the batch gradient grad J (J = mean_b J_b).
+
+    Attributes:
+      total: ``[D, ...]`` effect of the whole gradient on each F_d (``...`` = the batch's leading dims).
+      shared: ``[D, ...]`` effect of the tokens in prefixes shared by >= 2 completions.
+      divergent: ``[D, ...]`` effect of the other tokens (total = shared + divergent).
+      subsets: ``[K, D, ...]`` effects of the extra ``subsets`` masks (or None).
+      coefficients: ``[..., G, T]`` c_{i,t} = dJ/dlogp_{i,t}.
+      tree: the :class:`PrefixTree`.
+    """
+
+    total: jax.Array
+    shared: jax.Array
+    divergent: jax.Array
+    subsets: jax.Array | None
+    coefficients: jax.Array
+    tree: PrefixTree
+
+
+def effects(
+    spec: MethodSpec,
+    logprob_fn: Callable[[Any, jax.Array], jax.Array],
+    params: Any,
+    batch: jgrpo.GroupBatch,
+    directions: Any,
+    subsets: jax.Array | None = None,
+) -> Effects:
+    """Exact effect of each token subset's gradient contribution on functionals of the policy.
+
+    ``<u, g_S> = sum_{(i,t) in S} c_{i,t} (d log pi_{i,t} / d theta . u)``: one JVP of
+    ``logprob_fn`` per direction (vmapped), no parameter-sized gradient per group.
+    This equals the inner product of ``u`` with :func:`decompose`'s contributions,
+    and is what Prop. 1's consequences are about: e.g. with ``u = grad E[|o|]``,
+    how much the shared-prefix part of a group's gradient changes the expected
+    length (to first order in the step).
+
+    Args:
+      spec: the method.
+      logprob_fn: ``(params, tokens [..., G, T]) -> logp [..., G, T]``.
+      params: the policy parameters (pytree).
+      batch: a :class:`jgrpo.GroupBatch` with ``tokens``.
+      directions: a pytree like ``params`` with a leading axis D: the gradients u_d.
+      subsets: optional ``[K, ..., G, T]`` extra token masks.
+
+    Returns:
+      :class:`Effects`; per-group values are ``B * sum_{(i,t) in group b and S} c_{i,t} D_{d,i,t}``
+      with B the number of groups.
+
+    Raises:
+      ValueError: ``batch.tokens`` missing, ``subsets`` or ``directions`` of the wrong shape.
+    """
+    if batch.tokens is None:
+        raise ValueError("effects needs batch.tokens (token ids) to find the shared prefixes")
+    tokens = jnp.asarray(batch.tokens)
+    p_leaves = jax.tree.leaves(params)
+    d_leaves = jax.tree.leaves(directions)
+    if len(p_leaves) != len(d_leaves) or any(
+        d.ndim != p.ndim + 1 or d.shape[1:] != p.shape for p, d in zip(p_leaves, d_leaves, strict=True)
+    ):
+        raise ValueError(
+            "directions must be a pytree like params with a leading axis D; got leaf shapes "
+            f"{[tuple(d.shape) for d in d_leaves]} for params {[tuple(p.shape) for p in p_leaves]}"
+        )
+    fn = lambda p: logprob_fn(p, tokens)  # noqa: E731
+    logp = fn(params)
+    if logp.shape != tokens.shape:
+        raise ValueError(f"logprob_fn must return logp of shape {tokens.shape} like batch.tokens, got {logp.shape}")
+    dlogp = jax.vmap(lambda u: jax.jvp(fn, (params,), (u,))[1])(directions)  # [D, ..., G, T]
+    coef = coefficients(spec, logp, batch)
+    tree = prefix_tree(tokens, batch.mask)
+    num_groups = math.prod(tokens.shape[:-2])
+    per_token = num_groups * coef[None] * dlogp.astype(coef.dtype)  # [D, ..., G, T]
+    shared = tree.shared.astype(coef.dtype)
+
+    def total_over(mask):
+        return jnp.sum(per_token * mask, axis=(-2, -1))
+
+    extra = None
+    if subsets is not None:
+        subsets = jnp.asarray(subsets)
+        if subsets.shape[1:] != coef.shape:
+            raise ValueError(f"subsets must have shape [K, {', '.join(map(str, coef.shape))}], got {subsets.shape}")
+        extra = jax.vmap(lambda m: total_over(m.astype(coef.dtype)))(subsets)
+    return Effects(
+        total=total_over(1.0),
+        shared=total_over(shared),
+        divergent=total_over(1.0 - shared),
+        subsets=extra,
+        coefficients=coef,
+        tree=tree,
+    )
+
+
+_TREE_MAX_SEQUENCES = 2**22
+
+
+def tree_sequences(vocab: int, length: int, *, eos: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Every token sequence of ``length`` tokens, ``[V^length, length]``, and its completion mask.
+
+    The mask is 1 up to and including the first ``eos`` (all ones without EOS), the
+    convention of :func:`jgrpo.policies.tree_sample`. Raises ValueError beyond 2^22 sequences.
+    """
+    v, t = int(vocab), int(length)
+    if v < 1 or t < 1:
+        raise ValueError(f"vocab and length must be >= 1, got {vocab}, {length}")
+    if v**t > _TREE_MAX_SEQUENCES:
+        raise ValueError(f"V^length = {v}^{t} = {v**t} sequences exceed the enumeration limit 2^22")
+    seqs = np.stack(np.unravel_index(np.arange(v**t), (v,) * t), axis=-1).astype(np.int32)
+    if eos is None:
+        return seqs, np.ones(seqs.shape, np.float32)
+    is_eos = seqs == eos
+    before = np.cumsum(is_eos, axis=-1) - is_eos  # EOS tokens strictly before t
+    return seqs, (before == 0).astype(np.float32)
+
+
+def tree_expectation(params, value_fn: Callable, *, eos: int | None, length: int):
+    """Exact E[value_fn(tokens, mask)] under a prefix-tree policy, by enumeration.
+
+    Sums over all V^length sequences ``y`` of ``prod_t pi(y_t | y_<t)`` times the value
+    of the completion (``y`` cut after its first EOS): the tokens after the EOS
+    marginalise to 1, so this is the expectation over completions drawn by
+    :func:`jgrpo.policies.tree_sample` with the same ``eos`` and ``max_len = length``.
+
+    Args:
+      params: ``{"logits": [N, V]}`` (a prefix tree covering at least ``length`` tokens).
+      value_fn: ``(tokens [S, length] int32, mask [S, length] float32) -> [S]`` values
+        (padding tokens are the sequences' own tokens after the EOS: read ``mask``).
+      eos: the EOS token or None.
+      length: the completion length (static).
+
+    Returns:
+      A scalar, differentiable in ``params`` (float32, or float64 for a float64 table).
+    """
+    table = params["logits"] if isinstance(params, dict) else params
+    vocab = np.shape(table)[-1]
+    seqs, mask = tree_sequences(vocab, length, eos=eos)
+    ctx = tree_contexts(seqs, vocab)
+    dtype = jnp.result_type(table.dtype, jnp.float32)
+    logp_v = jax.nn.log_softmax(jnp.asarray(table, dtype)[ctx], axis=-1)
+    logp = jnp.take_along_axis(logp_v, jnp.asarray(seqs)[..., None], axis=-1)[..., 0]
+    prob = jnp.exp(jnp.sum(logp, axis=-1))
+    return jnp.sum(prob * jnp.asarray(value_fn(jnp.asarray(seqs), jnp.asarray(mask)), dtype))

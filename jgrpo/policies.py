@@ -49,7 +49,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -71,6 +71,18 @@ __all__ = [
     "tabular_logits_fn",
     "tabular_logprob",
     "tabular_logprob_and_entropy",
+    "TabularSamples",
+    "tabular_prompt_init",
+    "tabular_prompt_logprob",
+    "tabular_prompt_logprob_and_entropy",
+    "tabular_prompt_sample",
+    "tabular_sample",
+    "tree_contexts",
+    "tree_init",
+    "tree_logprob",
+    "tree_logprob_and_entropy",
+    "tree_num_contexts",
+    "tree_sample",
 ]
 
 
@@ -323,6 +335,340 @@ class TabularPolicy:
 
     def logits_fn(self, prompt_len: int) -> Callable[[Any, jax.Array], jax.Array]:
         return tabular_logits_fn(prompt_len)
+
+
+# ----------------------------------------------------------------------------- tabular: sampling, prompts, prefix trees
+#
+# Three additions around the tabular policy above:
+#
+# * :func:`tabular_sample`: draws completions of the ``(t, y_{t-1})`` policy directly
+#   (one ``lax.scan`` over the T positions, O(T) per completion), with the same
+#   conventions as :func:`jgrpo.sampling.sample` (the EOS token is part of the
+#   completion, ``pad_id`` after it).
+# * Prompt-conditioned tables (``tabular_prompt_*``): ``[K, T, V+1, V]``, one table per
+#   prompt id ``k``; the context of token t is ``(prompt, t, y_{t-1})``.
+# * Prefix trees (``tree_*``): one row of logits per *whole prefix*, ``[N, V]`` with
+#   ``N = 1 + V + ... + V^{T-1}``; the context of token t is ``y_<t`` itself. Two
+#   completions share a parameter row at position t exactly when they share the
+#   prefix ``y_<t``, so the shared prefixes of Prop. 1 are exact (in the
+#   ``(t, y_{t-1})`` table, completions with different prefixes that reach the same
+#   token at the same position share a cell).
+
+
+class TabularSamples(NamedTuple):
+    """Completions drawn from a tabular policy.
+
+    Attributes:
+      tokens: ``[..., T]`` int32 token ids; ``pad_id`` after the first EOS.
+      mask: ``[..., T]`` float32, 1 on completion tokens up to and including the first EOS.
+    """
+
+    tokens: jax.Array
+    mask: jax.Array
+
+
+def _check_sample_args(max_len: int, table_len: int, eos_id: Any, pad_id: int, vocab: int) -> None:
+    if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or not 1 <= max_len <= table_len:
+        raise ValueError(f"max_len must be an int in [1, {table_len}] (the table's T), got {max_len!r}")
+    if eos_id is not None and not 0 <= int(eos_id) < vocab:
+        raise ValueError(f"eos_id must be None or lie in [0, V = {vocab}), got {eos_id!r}")
+    if not 0 <= int(pad_id) < vocab:
+        raise ValueError(f"pad_id must lie in [0, V = {vocab}), got {pad_id!r}")
+
+
+def _sample_scan(next_logits: Callable, state0: Any, key: jax.Array, shape: tuple[int, ...], max_len: int, eos, pad):
+    """Shared ancestral sampler: ``next_logits(state, t) -> [*shape, V]``, state updated by ``(state, t, y)``."""
+    logits_fn, update = next_logits
+
+    def step(carry, t):
+        state, alive, k = carry
+        k, sub = jax.random.split(k)
+        y = jax.random.categorical(sub, logits_fn(state, t).astype(jnp.float32), axis=-1).astype(jnp.int32)
+        tok = jnp.where(alive, y, pad)
+        m = alive.astype(jnp.float32)
+        if eos is not None:
+            alive = alive & (y != eos)
+        return (update(state, t, y), alive, k), (tok, m)
+
+    alive0 = jnp.ones(shape, bool)
+    _, (tok, m) = jax.lax.scan(step, (state0, alive0, key), jnp.arange(max_len))
+    return TabularSamples(tokens=jnp.moveaxis(tok, 0, -1), mask=jnp.moveaxis(m, 0, -1))
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "max_len", "eos_id", "pad_id"))
+def _tabular_sample_core(table, key, *, shape, max_len, eos_id, pad_id):
+    vocab = table.shape[-1]
+
+    def logits(prev, t):
+        return table[t, prev]
+
+    def update(prev, t, y):
+        return y
+
+    return _sample_scan((logits, update), jnp.full(shape, vocab, jnp.int32), key, shape, max_len, eos_id, pad_id)
+
+
+def tabular_sample(
+    params: Any, key: jax.Array, shape: tuple[int, ...], *, max_len: int, eos_id: int | None = None, pad_id: int = 0
+) -> TabularSamples:
+    """Draws completions ``[*shape, max_len]`` of the tabular policy (temperature 1).
+
+    Token t is drawn from ``softmax(logits[t, y_{t-1}])`` (start context V at t = 0);
+    a completion ends at its first ``eos_id`` (kept, mask 1) and is padded with
+    ``pad_id`` (mask 0) after it. The distribution is that of
+    ``jgrpo.sample(tabular_logits_fn(P), ...)`` and of ``analysis.tabular``.
+
+    Args:
+      params: ``{"logits": [T, V+1, V]}``.
+      key: a PRNG key.
+      shape: leading shape of the draws, e.g. ``(B, G)``.
+      max_len: completion length, ``1 <= max_len <= T``.
+      eos_id: the EOS token, or None (fixed-length completions).
+      pad_id: the id written after EOS.
+
+    Returns:
+      :class:`TabularSamples` with ``tokens`` and ``mask`` ``[*shape, max_len]``.
+
+    Raises:
+      ValueError: bad params shape, ``max_len`` outside ``[1, T]``, ids outside ``[0, V)``.
+    """
+    table = _tabular_table(params)
+    t_max, _, vocab = np.shape(table)
+    _check_sample_args(max_len, t_max, eos_id, pad_id, vocab)
+    return _tabular_sample_core(
+        table, key, shape=tuple(int(s) for s in shape), max_len=int(max_len), eos_id=eos_id, pad_id=int(pad_id)
+    )
+
+
+def tabular_prompt_init(
+    key: jax.Array, *, prompts: int, vocab: int, max_len: int, scale: float = 1.0
+) -> dict[str, jax.Array]:
+    """Random parameters of a prompt-conditioned tabular policy: ``{"logits": [K, T, V+1, V]}``.
+
+    Prompt id ``k`` selects the table ``logits[k]``, a tabular policy of its own
+    (see :func:`tabular_init`).
+
+    Raises:
+      ValueError: prompts, vocab or max_len < 1, or a negative scale.
+    """
+    if int(prompts) < 1:
+        raise ValueError(f"prompts must be >= 1, got {prompts}")
+    keys = jax.random.split(key, int(prompts))
+    return {"logits": jax.vmap(lambda k: tabular_init(k, vocab=vocab, max_len=max_len, scale=scale)["logits"])(keys)}
+
+
+def _prompt_tables(params: Any, prompt: Any) -> tuple[jax.Array, jax.Array]:
+    if not isinstance(params, Mapping) or "logits" not in params:
+        raise ValueError(f"params must be a dict {{'logits': [K, T, V+1, V]}}, got {type(params).__name__}")
+    table = params["logits"]
+    shape = tuple(np.shape(table))
+    if len(shape) != 4 or shape[2] != shape[3] + 1:
+        raise ValueError(f"params['logits'] must have shape [K, T, V+1, V] (one table per prompt), got {shape}")
+    _check_int("prompt", prompt, min_rank=0, dims="[...]")
+    _check_range("prompt", prompt, shape[0])
+    return table, jnp.asarray(prompt)
+
+
+def tabular_prompt_logprob_and_entropy(params: Any, tokens: Any, prompt: Any) -> tuple[jax.Array, jax.Array]:
+    """Per-token log-probabilities and entropies of a prompt-conditioned tabular policy.
+
+    ``logp[..., g, t] = log softmax(logits[prompt[...], t, y_{t-1}])[y_t]``.
+
+    Args:
+      params: ``{"logits": [K, T_max, V+1, V]}``.
+      tokens: ``[..., G, T]`` int completions.
+      prompt: ``[...]`` int prompt ids in ``[0, K)`` (one per group), or ``[..., 1]``.
+
+    Returns:
+      ``(logp, entropy)``, both ``[..., G, T]`` float32.
+
+    Raises:
+      ValueError: bad params shape, prompt dims not matching the tokens' leading dims,
+        T > T_max, or (when concrete) ids out of range.
+    """
+    table, prompt = _prompt_tables(params, prompt)
+    tshape = _check_int("tokens", tokens, min_rank=2, dims="[..., G, T]")
+    lead = tshape[:-2]
+    if prompt.shape == lead + (1,):
+        prompt = prompt[..., 0]
+    if prompt.shape != lead:
+        raise ValueError(
+            f"prompt must have shape [...] = {_shape_str(lead)} (the leading dims of tokens "
+            f"{_shape_str(tshape)}), got {_shape_str(prompt.shape)}"
+        )
+    _, t_max, _, vocab = np.shape(table)
+    if tshape[-1] > t_max:
+        raise ValueError(f"tokens has T = {tshape[-1]} tokens but the tables cover max_len = {t_max}")
+    _check_range("tokens", tokens, vocab)
+    tokens = jnp.asarray(tokens)
+    flat_p, flat_t = prompt.reshape(-1), tokens.reshape((-1,) + tshape[-2:])
+    logp, ent = jax.vmap(_tabular_core)(table[flat_p], flat_t)
+    return logp.reshape(tshape), ent.reshape(tshape)
+
+
+def tabular_prompt_logprob(params: Any, tokens: Any, prompt: Any) -> jax.Array:
+    """``[..., G, T]`` log-probabilities of a prompt-conditioned tabular policy (see
+    :func:`tabular_prompt_logprob_and_entropy`)."""
+    return tabular_prompt_logprob_and_entropy(params, tokens, prompt)[0]
+
+
+def tabular_prompt_sample(
+    params: Any,
+    prompt: Any,
+    key: jax.Array,
+    *,
+    group_size: int,
+    max_len: int,
+    eos_id: int | None = None,
+    pad_id: int = 0,
+) -> TabularSamples:
+    """Draws ``group_size`` completions per prompt: ``[B, G, max_len]`` for ``prompt`` ``[B]``.
+
+    Each prompt's completions come from its own table (:func:`tabular_sample`), with
+    independent keys.
+    """
+    table, prompt = _prompt_tables(params, prompt)
+    if prompt.ndim != 1:
+        raise ValueError(f"prompt must have shape [B], got {_shape_str(prompt.shape)}")
+    _, t_max, _, vocab = np.shape(table)
+    _check_sample_args(max_len, t_max, eos_id, pad_id, vocab)
+    keys = jax.random.split(key, prompt.shape[0])
+    core = functools.partial(
+        _tabular_sample_core, shape=(int(group_size),), max_len=int(max_len), eos_id=eos_id, pad_id=int(pad_id)
+    )
+    return jax.vmap(core)(table[prompt], keys)
+
+
+def tree_num_contexts(vocab: int, max_len: int) -> int:
+    """N = 1 + V + ... + V^{T-1}, the number of prefixes of length < T (rows of a prefix-tree table)."""
+    if int(vocab) < 1 or int(max_len) < 1:
+        raise ValueError(f"vocab and max_len must be >= 1, got {vocab}, {max_len}")
+    v, t = int(vocab), int(max_len)
+    return t if v == 1 else (v**t - 1) // (v - 1)
+
+
+_TREE_MAX_CONTEXTS = 2**24
+
+
+def tree_init(key: jax.Array, *, vocab: int, max_len: int, scale: float = 1.0) -> dict[str, jax.Array]:
+    """Random parameters of a prefix-tree policy: ``{"logits": [N, V]}``, i.i.d. normal.
+
+    Row ``c`` holds the next-token logits after the prefix whose index is ``c``
+    (:func:`tree_contexts`); row 0 is the empty prefix.
+
+    Raises:
+      ValueError: vocab or max_len < 1, a negative scale, or more than 2^24 rows.
+    """
+    n = tree_num_contexts(vocab, max_len)
+    if n > _TREE_MAX_CONTEXTS:
+        raise ValueError(f"a prefix tree with vocab = {vocab}, max_len = {max_len} has {n} > 2^24 rows")
+    if not scale >= 0:
+        raise ValueError(f"scale must be >= 0, got {scale}")
+    return {"logits": scale * jax.random.normal(key, (n, int(vocab)), jnp.float32)}
+
+
+def _tree_table(params: Any) -> jax.Array:
+    if not isinstance(params, Mapping) or "logits" not in params:
+        raise ValueError(f"params must be a dict {{'logits': [N, V]}}, got {type(params).__name__}")
+    table = params["logits"]
+    if len(np.shape(table)) != 2:
+        raise ValueError(f"params['logits'] of a prefix tree must have shape [N, V], got {np.shape(table)}")
+    return table
+
+
+def _tree_max_len(n: int, vocab: int) -> int:
+    t = 1
+    while tree_num_contexts(vocab, t) < n:
+        t += 1
+    if tree_num_contexts(vocab, t) != n:
+        raise ValueError(f"params['logits'] has {n} rows, not 1 + V + ... + V^(T-1) for V = {vocab} and any T")
+    return t
+
+
+def tree_contexts(tokens: Any, vocab: int) -> jax.Array:
+    """``[..., T]`` row index of each token's context (its prefix ``y_<t``) in a prefix-tree table.
+
+    ``c_t = (1 + V + ... + V^{t-1}) + sum_{k<t} y_k V^{t-1-k}``: prefixes of length t
+    occupy rows ``[offset_t, offset_t + V^t)`` in base-V order.
+    """
+    tokens = jnp.asarray(tokens, jnp.int32)
+    t = tokens.shape[-1]
+    v = int(vocab)
+    offsets = jnp.asarray([tree_num_contexts(v, k) if k else 0 for k in range(t)], jnp.int32)
+
+    def step(h, y):
+        return h * v + y, h
+
+    lead = tokens.shape[:-1]
+    _, h = jax.lax.scan(step, jnp.zeros(lead, jnp.int32), jnp.moveaxis(tokens, -1, 0))
+    return jnp.moveaxis(h, 0, -1) + offsets
+
+
+@jax.jit
+def _tree_core(table: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+    ctx = tree_contexts(tokens, table.shape[-1])
+    logp_v = jax.nn.log_softmax(table[ctx].astype(jnp.float32), axis=-1)
+    logp = jnp.take_along_axis(logp_v, tokens[..., None], axis=-1)[..., 0]
+    return logp, _entropy(logp_v)
+
+
+def tree_logprob_and_entropy(params: Any, tokens: Any, prompt: Any = None) -> tuple[jax.Array, jax.Array]:
+    """Per-token log-probabilities and next-token entropies of a prefix-tree policy.
+
+    ``logp[..., t] = log softmax(logits[tree_contexts(y)[t]])[y_t]``: the context of
+    token t is the whole prefix ``y_<t``.
+
+    Args:
+      params: ``{"logits": [N, V]}`` with ``N = 1 + V + ... + V^{T_max-1}``.
+      tokens: ``[..., T]`` int completions, ``T <= T_max``.
+      prompt: ignored (accepted for the ``logprob_fn`` protocol).
+
+    Returns:
+      ``(logp, entropy)``, both ``[..., T]`` float32.
+
+    Raises:
+      ValueError: bad params shape, T > T_max, (when concrete) token ids outside ``[0, V)``.
+    """
+    del prompt
+    table = _tree_table(params)
+    n, vocab = np.shape(table)
+    t_max = _tree_max_len(n, vocab)
+    shape = _check_int("tokens", tokens, min_rank=1, dims="[..., T]")
+    if shape[-1] > t_max:
+        raise ValueError(f"tokens has T = {shape[-1]} tokens but the prefix tree covers max_len = {t_max}")
+    _check_range("tokens", tokens, vocab)
+    return _tree_core(table, jnp.asarray(tokens))
+
+
+def tree_logprob(params: Any, tokens: Any, prompt: Any = None) -> jax.Array:
+    """``[..., T]`` log-probabilities of a prefix-tree policy (see :func:`tree_logprob_and_entropy`)."""
+    return tree_logprob_and_entropy(params, tokens, prompt)[0]
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "max_len", "eos_id", "pad_id"))
+def _tree_sample_core(table, key, *, shape, max_len, eos_id, pad_id):
+    vocab = table.shape[-1]
+
+    def logits(h, t):
+        offset = jnp.asarray([tree_num_contexts(vocab, k) if k else 0 for k in range(max_len)], jnp.int32)[t]
+        return table[offset + h]
+
+    def update(h, t, y):
+        return h * vocab + y
+
+    return _sample_scan((logits, update), jnp.zeros(shape, jnp.int32), key, shape, max_len, eos_id, pad_id)
+
+
+def tree_sample(
+    params: Any, key: jax.Array, shape: tuple[int, ...], *, max_len: int, eos_id: int | None = None, pad_id: int = 0
+) -> TabularSamples:
+    """Draws completions ``[*shape, max_len]`` of a prefix-tree policy (conventions of :func:`tabular_sample`)."""
+    table = _tree_table(params)
+    n, vocab = np.shape(table)
+    _check_sample_args(max_len, _tree_max_len(n, vocab), eos_id, pad_id, vocab)
+    return _tree_sample_core(
+        table, key, shape=tuple(int(s) for s in shape), max_len=int(max_len), eos_id=eos_id, pad_id=int(pad_id)
+    )
 
 
 # ----------------------------------------------------------------------------- transformer
