@@ -37,7 +37,9 @@ __all__ = [
     "PrefixTree",
     "coefficients",
     "decompose",
+    "directional_logp",
     "effects",
+    "effects_of",
     "prefix_tree",
     "tree_expectation",
     "tree_sequences",
@@ -234,6 +236,61 @@ class Effects(NamedTuple):
     tree: PrefixTree
 
 
+def directional_logp(logprob_fn: Callable[[Any, jax.Array], jax.Array], params: Any, tokens, directions: Any):
+    """``(logp [..., G, T], dlogp [D, ..., G, T])``: log-probabilities and their JVPs along D directions.
+
+    ``dlogp[d, ..., i, t] = d log pi(y_{i,t}) / d theta . u_d``, one vmapped JVP of ``logprob_fn``.
+
+    Raises:
+      ValueError: ``directions`` is not a pytree like ``params`` with a leading axis D, or ``logprob_fn``
+        returns the wrong shape.
+    """
+    tokens = jnp.asarray(tokens)
+    p_leaves = jax.tree.leaves(params)
+    d_leaves = jax.tree.leaves(directions)
+    if len(p_leaves) != len(d_leaves) or any(
+        d.ndim != p.ndim + 1 or d.shape[1:] != p.shape for p, d in zip(p_leaves, d_leaves, strict=True)
+    ):
+        raise ValueError(
+            "directions must be a pytree like params with a leading axis D; got leaf shapes "
+            f"{[tuple(d.shape) for d in d_leaves]} for params {[tuple(p.shape) for p in p_leaves]}"
+        )
+    fn = lambda p: logprob_fn(p, tokens)  # noqa: E731
+    logp = fn(params)
+    if logp.shape != tokens.shape:
+        raise ValueError(f"logprob_fn must return logp of shape {tokens.shape} like the tokens, got {logp.shape}")
+    dlogp = jax.vmap(lambda u: jax.jvp(fn, (params,), (u,))[1])(directions)
+    return logp, dlogp
+
+
+def effects_of(coef, dlogp, tree: PrefixTree, subsets: jax.Array | None = None) -> Effects:
+    """:class:`Effects` from coefficients ``[..., G, T]`` and JVPs ``[D, ..., G, T]`` (see :func:`effects`).
+
+    Lets several methods share one :func:`directional_logp` (the JVPs do not depend on the method).
+    """
+    num_groups = math.prod(coef.shape[:-2])
+    per_token = num_groups * coef[None] * dlogp.astype(coef.dtype)  # [D, ..., G, T]
+    shared = tree.shared.astype(coef.dtype)
+
+    def total_over(mask):
+        return jnp.sum(per_token * mask, axis=(-2, -1))
+
+    extra = None
+    if subsets is not None:
+        subsets = jnp.asarray(subsets)
+        if subsets.shape[1:] != coef.shape:
+            raise ValueError(f"subsets must have shape [K, {', '.join(map(str, coef.shape))}], got {subsets.shape}")
+        extra = jax.vmap(lambda m: total_over(m.astype(coef.dtype)))(subsets)
+    return Effects(
+        total=total_over(1.0),
+        shared=total_over(shared),
+        divergent=total_over(1.0 - shared),
+        subsets=extra,
+        coefficients=coef,
+        tree=tree,
+    )
+
+
 def effects(
     spec: MethodSpec,
     logprob_fn: Callable[[Any, jax.Array], jax.Array],
@@ -269,43 +326,9 @@ def effects(
     if batch.tokens is None:
         raise ValueError("effects needs batch.tokens (token ids) to find the shared prefixes")
     tokens = jnp.asarray(batch.tokens)
-    p_leaves = jax.tree.leaves(params)
-    d_leaves = jax.tree.leaves(directions)
-    if len(p_leaves) != len(d_leaves) or any(
-        d.ndim != p.ndim + 1 or d.shape[1:] != p.shape for p, d in zip(p_leaves, d_leaves, strict=True)
-    ):
-        raise ValueError(
-            "directions must be a pytree like params with a leading axis D; got leaf shapes "
-            f"{[tuple(d.shape) for d in d_leaves]} for params {[tuple(p.shape) for p in p_leaves]}"
-        )
-    fn = lambda p: logprob_fn(p, tokens)  # noqa: E731
-    logp = fn(params)
-    if logp.shape != tokens.shape:
-        raise ValueError(f"logprob_fn must return logp of shape {tokens.shape} like batch.tokens, got {logp.shape}")
-    dlogp = jax.vmap(lambda u: jax.jvp(fn, (params,), (u,))[1])(directions)  # [D, ..., G, T]
+    logp, dlogp = directional_logp(logprob_fn, params, tokens, directions)
     coef = coefficients(spec, logp, batch)
-    tree = prefix_tree(tokens, batch.mask)
-    num_groups = math.prod(tokens.shape[:-2])
-    per_token = num_groups * coef[None] * dlogp.astype(coef.dtype)  # [D, ..., G, T]
-    shared = tree.shared.astype(coef.dtype)
-
-    def total_over(mask):
-        return jnp.sum(per_token * mask, axis=(-2, -1))
-
-    extra = None
-    if subsets is not None:
-        subsets = jnp.asarray(subsets)
-        if subsets.shape[1:] != coef.shape:
-            raise ValueError(f"subsets must have shape [K, {', '.join(map(str, coef.shape))}], got {subsets.shape}")
-        extra = jax.vmap(lambda m: total_over(m.astype(coef.dtype)))(subsets)
-    return Effects(
-        total=total_over(1.0),
-        shared=total_over(shared),
-        divergent=total_over(1.0 - shared),
-        subsets=extra,
-        coefficients=coef,
-        tree=tree,
-    )
+    return effects_of(coef, dlogp, prefix_tree(tokens, batch.mask), subsets)
 
 
 _TREE_MAX_SEQUENCES = 2**22

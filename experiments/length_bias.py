@@ -80,6 +80,7 @@ VOCAB = 5
 EOS, R, C, W, F = range(VOCAB)
 CONTROL = "1/|o|² control"
 METHODS = ("grpo", "dr_grpo", "dapo", "gspo", "grpo+debias", CONTROL)
+REQUIRED = ("grpo", "dr_grpo", CONTROL)  # what the claims read
 # "pretrained" prior logits of (EOS, R, C, W, F), and after an answer token (prev = C or W)
 PRIOR = (-2.5, 1.2, -1.0, -1.5, 0.0)
 PRIOR_AFTER_ANSWER = (0.5, 0.0, -1.0, -1.0, 0.5)
@@ -93,6 +94,7 @@ class Config:
 
     Attributes:
       difficulties: d_k, the R tokens prompt k needs before its answer.
+      methods: a subset of :data:`METHODS` containing :data:`REQUIRED`.
       length: T, the longest completion.
       init_scale: std of the noise added to the prior logits.
       seeds: independent initial policies and sample streams (>= 5 for a decisive verdict).
@@ -103,6 +105,7 @@ class Config:
     """
 
     difficulties: tuple[int, ...] = (2, 4, 6, 8)
+    methods: tuple[str, ...] = METHODS
     length: int = 32
     init_scale: float = 0.5
     seeds: int = 6
@@ -118,6 +121,8 @@ class Config:
     def __post_init__(self) -> None:
         if not self.difficulties or min(self.difficulties) < 1:
             raise ValueError(f"Config.difficulties must be ints >= 1, got {self.difficulties}")
+        if not set(REQUIRED) <= set(self.methods) <= set(METHODS):
+            raise ValueError(f"Config.methods must contain {REQUIRED} and lie in {METHODS}, got {self.methods}")
         if max(self.difficulties) + 2 > self.length:
             raise ValueError(
                 f"Config.length must leave room for the hardest prompt: max(difficulties) + 2 = "
@@ -169,6 +174,7 @@ def _config(scale: str) -> Config:
             group_size=4,
             drift_groups=16,
             checkpoints=(0, 3),
+            methods=REQUIRED,
         )
     raise ValueError(f"scale must be 'quick', 'paper' or 'test', got {scale!r}")
 
@@ -247,7 +253,7 @@ def exact_metrics(params, trans, length: int) -> dict[str, jax.Array]:
     }
 
 
-def _specs():
+def _specs(methods=METHODS):
     base = {
         "grpo": jgrpo.methods.get("grpo", beta=0.0),
         "dr_grpo": jgrpo.methods.get("dr_grpo", beta=0.0),
@@ -256,7 +262,7 @@ def _specs():
         "grpo+debias": jgrpo.methods.get("grpo", beta=0.0, prefix_debias=True),
         CONTROL: jgrpo.methods.get("grpo", beta=0.0),
     }
-    return tuple((m, base[m]) for m in METHODS)
+    return tuple((m, base[m]) for m in methods)
 
 
 def control_advantages(rewards, mask):
@@ -296,7 +302,7 @@ def _sample_batch(cfg: Config, params, trans, key, n: int):
 
 def _make_drift(cfg: Config):
     """``(params, key) -> {method: {"incorrect", "reward", "correct"}: [groups]}`` directional derivatives."""
-    specs = _specs()
+    specs = _specs(cfg.methods)
     trans = transitions(cfg)
 
     def functionals(p):
@@ -311,9 +317,11 @@ def _make_drift(cfg: Config):
         def logprob_fn(p, tokens):
             return tabular_prompt_logprob(p, tokens, prompt)
 
+        logp, dlogp = prefix.directional_logp(logprob_fn, params, batch.tokens, jac)  # shared by every method
+        tree = prefix.prefix_tree(batch.tokens, batch.mask)
         out = {}
         for name, spec in specs:
-            e = prefix.effects(spec, logprob_fn, params, _batch_for(name, batch), jac)
+            e = prefix.effects_of(prefix.coefficients(spec, logp, _batch_for(name, batch)), dlogp, tree)
             out[name] = {"incorrect": e.total[0], "reward": e.total[1], "correct": e.total[2]}
         return out
 
@@ -336,11 +344,11 @@ def _drift_summary(out) -> dict[str, float]:
 def _make_trainer(cfg: Config):
     """``(params0, sel [M], adam, key) -> (records [N], checkpoints [C, ...])`` per run; vmapped, one compile.
 
-    ``sel`` is a one-hot selector over :data:`METHODS` (the loss is Σ_m sel_m loss_m, so every method
+    ``sel`` is a one-hot selector over ``cfg.methods`` (the loss is Σ_m sel_m loss_m, so every method
     shares one program); ``adam`` (a traced bool) picks Adam (state carried across outer steps) or
     normalised gradient descent θ ← θ − η g/||g|| (a step of fixed length along the gradient direction).
     """
-    specs = _specs()
+    specs = _specs(cfg.methods)
     trans = transitions(cfg)
     opt = optax.adam(cfg.learning_rate)
     ckpts = jnp.asarray(cfg.checkpoints, jnp.int32)
@@ -505,7 +513,8 @@ def run(ctx: Context):
 
 def _run(ctx: Context, cfg: Config):
     t0 = time.perf_counter()
-    m, o = len(METHODS), len(OPTIMIZERS)
+    methods = cfg.methods
+    m, o = len(methods), len(OPTIMIZERS)
     seeds = [1000 * ctx.seed + s for s in range(cfg.seeds)]
     params0 = [initial_policy(s, cfg) for s in seeds]
     stack = jax.tree.map(lambda *x: jnp.stack(x), *params0)
@@ -525,24 +534,24 @@ def _run(ctx: Context, cfg: Config):
     ctx.progress(0.6, "exact drift")
     t1 = time.perf_counter()
     drift = _make_drift(cfg)
-    i_dr = METHODS.index("dr_grpo")
-    drifts = {m_: [[None] * cfg.seeds for _ in cfg.checkpoints] for m_ in METHODS}
+    i_dr = methods.index("dr_grpo")
+    drifts = {m_: [[None] * cfg.seeds for _ in cfg.checkpoints] for m_ in methods}
     for s in range(cfg.seeds):
         for c in range(len(cfg.checkpoints)):
             p = jax.tree.map(lambda x, s=s, c=c: jnp.asarray(x[s, 0, i_dr, c]), ckpts)  # the Adam dr_grpo run
             key = jax.random.fold_in(jax.random.fold_in(base, 2), 1000 * s + c)
             out = jax.device_get(drift(p, key))
-            for name in METHODS:
+            for name in methods:
                 drifts[name][c][s] = _drift_summary(out[name])
         ctx.progress(0.6 + 0.3 * (s + 1) / cfg.seeds, f"exact drift, seed {s + 1}/{cfg.seeds}")
     t_drift = time.perf_counter() - t1
-    drift0 = {name: [drifts[name][0][s]["incorrect_per_gain"] for s in range(cfg.seeds)] for name in METHODS}
+    drift0 = {name: [drifts[name][0][s]["incorrect_per_gain"] for s in range(cfg.seeds)] for name in methods}
 
     def matched_for(k_opt, method, key):
         out = [
             matched_progress(
-                series["reward"][s, k_opt, METHODS.index(method)],
-                series[key][s, k_opt, METHODS.index(method)],
+                series["reward"][s, k_opt, methods.index(method)],
+                series[key][s, k_opt, methods.index(method)],
                 series["reward"][s, k_opt, i_dr],
                 series[key][s, k_opt, i_dr],
             )
@@ -553,7 +562,7 @@ def _run(ctx: Context, cfg: Config):
     matched, gains, described = {}, {}, []
     for k_opt, (opt, label) in enumerate(OPTIMIZERS):
         matched[opt], gains[opt] = matched_for(k_opt, "grpo", "length_incorrect")
-        for method in METHODS:
+        for method in methods:
             if method == "dr_grpo":
                 continue
             row = [label, method]
@@ -566,7 +575,7 @@ def _run(ctx: Context, cfg: Config):
     _figure(ctx, cfg, series, drifts)
     rows = []
     last = max(1, cfg.outer_steps // 10)
-    for j, name in enumerate(METHODS):
+    for j, name in enumerate(methods):
         d = [
             mean_ci([drifts[name][c][s]["incorrect_per_gain"] for s in range(cfg.seeds)])
             for c in range(min(2, len(cfg.checkpoints)))
@@ -616,7 +625,7 @@ def _run(ctx: Context, cfg: Config):
                 k: series[k][:, k_opt, j].tolist()
                 for k in ("reward", "length_correct", "length_incorrect", "length", "truncated", "batch_reward")
             }
-            for j, name in enumerate(METHODS)
+            for j, name in enumerate(methods)
         }
         for k_opt, (opt, _) in enumerate(OPTIMIZERS)
     }
@@ -627,7 +636,7 @@ def _run(ctx: Context, cfg: Config):
         {
             "config": dataclasses.asdict(cfg),
             "curves": curves,
-            "drift": {name: {str(step): drifts[name][c] for c, step in enumerate(cfg.checkpoints)} for name in METHODS},
+            "drift": {name: {str(step): drifts[name][c] for c, step in enumerate(cfg.checkpoints)} for name in methods},
             "matched_progress": {"grpo_minus_dr_grpo": matched, "reward_gain": gains},
             "timings": {"train": t_train, "drift": t_drift},
         },
@@ -656,10 +665,11 @@ def _at_levels(reward, value, grid):
 
 def _figure(ctx: Context, cfg: Config, series: dict, drifts: dict) -> None:
     fig, axes = new_figure(4, 2, size=(4.6, 3.6))
+    methods = cfg.methods
     steps = np.arange(cfg.outer_steps)
     for k_opt, (_, label) in enumerate(OPTIMIZERS):
         row = axes[k_opt]
-        for j, name in enumerate(METHODS):
+        for j, name in enumerate(methods):
             _band(row[0], steps, series["reward"][:, k_opt, j], name)
             _band(row[1], steps, series["length_correct"][:, k_opt, j], name)
             r, li = series["reward"][:, k_opt, j], series["length_incorrect"][:, k_opt, j]
@@ -685,17 +695,17 @@ def _figure(ctx: Context, cfg: Config, series: dict, drifts: dict) -> None:
     ax.set_ylabel("tokens")
     ax.legend(fontsize=6)
     ax = axes[1, 3]
-    cis = [mean_ci([drifts[n][0][s]["incorrect_per_gain"] for s in range(cfg.seeds)]) for n in METHODS]
-    x = np.arange(len(METHODS))
+    cis = [mean_ci([drifts[n][0][s]["incorrect_per_gain"] for s in range(cfg.seeds)]) for n in methods]
+    x = np.arange(len(methods))
     ax.bar(
         x,
         [ci.center for ci in cis],
         yerr=[[ci.center - ci.lo for ci in cis], [ci.hi - ci.center for ci in cis]],
         capsize=3,
-        color=[f"C{i}" for i in range(len(METHODS))],
+        color=[f"C{i}" for i in range(len(methods))],
     )
     ax.axhline(0.0, color="k", lw=0.8)
-    ax.set_xticks(x, METHODS, rotation=45, fontsize=8, ha="right")
+    ax.set_xticks(x, methods, rotation=45, fontsize=8, ha="right")
     ax.set_ylabel("ΔE[|o| | incorrect] / ΔE[r] (95% CI)")
     ax.set_title("exact drift along the expected gradient at θ_0", fontsize=9)
     fig.tight_layout()

@@ -93,6 +93,7 @@ NEG = -1.0e4  # logit of an impossible token: exp underflows to exactly 0 in flo
 IDENTITY_TOL = 1e-5  # relative to max|c| (float32 rounding of sums of a few terms)
 CONTROL = "short-positive control"
 METHODS = ("grpo", "dr_grpo", "dapo", "gspo", "grpo+debias", CONTROL)
+REQUIRED = ("grpo", "dr_grpo", "grpo+debias", CONTROL)  # what the claims read
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -107,6 +108,7 @@ class Config:
       vocab, length, answer_pos: the prefix-tree policy's V, T and the answer position a.
       init_scale: std of its random logits.
       accuracies: the regimes p = P(correct answer).
+      methods: part (B)'s methods, a subset of :data:`METHODS` containing :data:`REQUIRED`.
       seeds: independent policies per regime (>= 5 for a decisive verdict).
       groups, tree_group_size: groups and G per seed in part (B).
     """
@@ -120,6 +122,7 @@ class Config:
     answer_pos: int = 2
     init_scale: float = 1.5
     accuracies: tuple[float, ...] = (0.25, 0.75)
+    methods: tuple[str, ...] = METHODS
     seeds: int = 24
     groups: int = 1024
     tree_group_size: int = 8
@@ -128,6 +131,8 @@ class Config:
         needed = {"grpo", "gspo", "dr_grpo", "dapo"}
         if self.verify_presets is not None and not needed <= set(self.verify_presets):
             raise ValueError(f"Config.verify_presets must include {sorted(needed)}, got {self.verify_presets}")
+        if not set(REQUIRED) <= set(self.methods) <= set(METHODS):
+            raise ValueError(f"Config.methods must contain {REQUIRED} and lie in {METHODS}, got {self.methods}")
         if self.verify_policy not in ("transformer", "tree"):
             raise ValueError(f"Config.verify_policy must be 'transformer' or 'tree', got {self.verify_policy!r}")
         if self.vocab < 3:
@@ -158,6 +163,7 @@ def _config(scale: str) -> Config:
             prompts=4,
             group_size=4,
             length=6,
+            methods=REQUIRED,
             seeds=2,
             groups=64,
         )
@@ -207,7 +213,7 @@ def _reward(tokens, cfg: Config):
     return (tokens[..., cfg.answer_pos] == CORRECT).astype(jnp.float32)
 
 
-def _specs():
+def _specs(methods=METHODS):
     base = {
         "grpo": jgrpo.methods.get("grpo", beta=0.0),
         "dr_grpo": jgrpo.methods.get("dr_grpo", beta=0.0),
@@ -217,7 +223,7 @@ def _specs():
         # dr_grpo's constant alpha = 1/G with the advantages reweighted below
         CONTROL: jgrpo.methods.get("dr_grpo", beta=0.0),
     }
-    return tuple((m, base[m]) for m in METHODS)
+    return tuple((m, base[m]) for m in methods)
 
 
 def control_advantages(rewards, mask):
@@ -235,7 +241,7 @@ def control_advantages(rewards, mask):
 
 def _make_measure(cfg: Config):
     """``(params, key) -> {method: {stat: [groups]}}, exact`` as one jitted function (one compile)."""
-    specs = _specs()
+    specs = _specs(cfg.methods)
     t_len, a = cfg.length, cfg.answer_pos
 
     def exp_len(p):
@@ -259,12 +265,13 @@ def _make_measure(cfg: Config):
         tree = prefix.prefix_tree(s.tokens, s.mask)
         pos = jnp.arange(t_len)
         subsets = jnp.stack([(pos < a) & tree.shared, (pos > a) & tree.shared])
+        _, dlogp = prefix.directional_logp(tree_logprob, params, s.tokens, directions)  # shared by every method
         out = {}
         for name, spec in specs:
             b = batch
             if name == CONTROL:
                 b = dataclasses.replace(batch, advantages=control_advantages(rewards, s.mask))
-            e = prefix.effects(spec, tree_logprob, params, b, directions, subsets=subsets)
+            e = prefix.effects_of(prefix.coefficients(spec, logp, b), dlogp, tree, subsets)
             out[name] = {
                 "shared_len": e.shared[0],
                 "total_len": e.total[0],
@@ -291,7 +298,7 @@ def _make_measure(cfg: Config):
 
 def _part_b(ctx: Context, cfg: Config, t_start: float):
     measure = _make_measure(cfg)
-    per = {m: {p: {} for p in cfg.accuracies} for m in METHODS}
+    per = {m: {p: {} for p in cfg.accuracies} for m in cfg.methods}
     stats = {p: [] for p in cfg.accuracies}
     n = len(cfg.accuracies) * cfg.seeds
     k = 0
@@ -301,7 +308,7 @@ def _part_b(ctx: Context, cfg: Config, t_start: float):
             params = tree_task_policy(policy_seed, cfg, p)
             key = jax.random.fold_in(jax.random.key(ctx.seed), 7919 * seed + int(round(1000 * p)))
             out, st = jax.device_get(measure(params, key))
-            for m in METHODS:
+            for m in cfg.methods:
                 rec = {s: np.asarray(v, np.float64) for s, v in out[m].items()}
                 gain = rec["total_reward"].mean()
                 summary = {
@@ -371,15 +378,19 @@ def _part_a(ctx: Context, cfg: Config):
     g = batch.mask.shape[-2]
     full = np.asarray(tree.representative & (tree.node_size == g))  # nodes shared by the whole group
     shared_rep = np.asarray(tree.representative & tree.shared)
-    logp = logprob_fn(params, tokens)
-    coef_fn = jax.jit(prefix.coefficients, static_argnums=0)
     specs = _verify_specs(cfg)
-    coefs = [coef_fn(spec, logp, batch) for _, _, spec in specs]
-    ctx.progress(0.3, "(A) vmapped VJP")
-    _, vjp = jax.vjp(lambda p: logprob_fn(p, tokens), params)
-    shared = tree.shared.astype(jnp.float32)
-    cot = jnp.stack([c * m for c in coefs for m in (jnp.ones_like(shared), shared)])
-    norms = jax.jit(lambda ct: jax.vmap(lambda x: prefix.tree_norm(vjp(x)[0]))(ct))(cot)
+
+    @jax.jit
+    def measure(params, batch):
+        # every preset's exact coefficients, then one vmapped VJP for the total and shared-prefix gradient norms
+        logp, vjp = jax.vjp(lambda p: logprob_fn(p, batch.tokens), params)
+        coefs = jnp.stack([prefix.coefficients(spec, logp, batch) for _, _, spec in specs])
+        shared = prefix.prefix_tree(batch.tokens, batch.mask).shared.astype(coefs.dtype)
+        cot = jnp.stack([coefs, coefs * shared], axis=1).reshape((-1,) + coefs.shape[1:])
+        return coefs, jax.vmap(lambda x: prefix.tree_norm(vjp(x)[0]))(cot)
+
+    ctx.progress(0.3, "(A) coefficients and vmapped VJP")
+    coefs, norms = measure(params, batch)
     norms = np.asarray(norms).reshape(len(specs), 2)
     rewards = np.asarray(batch.rewards)
     lengths = np.asarray(batch.mask).sum(-1)
@@ -590,7 +601,7 @@ def _run(ctx: Context, cfg: Config):
     ]
     rows_b = []
     for p in cfg.accuracies:
-        for m in METHODS:
+        for m in cfg.methods:
             rec = per[m][p]
             rows_b.append(
                 (
@@ -666,21 +677,21 @@ def _figure(ctx: Context, cfg: Config, a: dict, per: dict) -> None:
     ax.set_ylabel("|W_agg| / max|c|")
     ax.set_title("(A) W_agg on prefixes shared by the whole group", fontsize=9)
     ax.legend(fontsize=8)
-    xm = np.arange(len(METHODS))
+    xm = np.arange(len(cfg.methods))
     width = 0.8 / len(cfg.accuracies)
     for ax, stat, title in (
         (axes[0, 1], "shared_len_per_gain", "(B) shared-prefix part: ΔE[|o|] per unit ΔE[r]"),
         (axes[0, 2], "total_len_per_gain", "(B) whole update: ΔE[|o|] per unit ΔE[r]"),
     ):
         for j, p in enumerate(cfg.accuracies):
-            cis = [mean_ci(per[m][p][stat]) for m in METHODS]
+            cis = [mean_ci(per[m][p][stat]) for m in cfg.methods]
             centers = np.array([c.center for c in cis])
             err = np.array([[c.center - c.lo for c in cis], [c.hi - c.center for c in cis]])
             ax.bar(
                 xm + (j - (len(cfg.accuracies) - 1) / 2) * width, centers, width, yerr=err, capsize=3, label=f"p = {p}"
             )
         ax.axhline(0.0, color="k", lw=0.8)
-        ax.set_xticks(xm, METHODS, rotation=45, fontsize=8, ha="right")
+        ax.set_xticks(xm, cfg.methods, rotation=45, fontsize=8, ha="right")
         ax.set_ylabel("tokens per unit of expected reward (95% CI)")
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=8, title="accuracy")

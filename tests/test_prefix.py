@@ -13,6 +13,7 @@ import pytest
 import jgrpo
 from analysis import prefix
 from jgrpo import methods
+from jgrpo import policies as P
 from jgrpo.policies import TransformerConfig, make_transformer, nnx_logprob_fn
 
 # Four completions; prefixes shared at depths 1 (all four), 2 (three), 4 (two); unequal lengths.
@@ -74,27 +75,30 @@ def test_shared_equals_w_agg_times_separate_prefix_gradients(model, name):
     spec = methods.get(name, eps_low=0.5, eps_high=0.5) if name == "gspo" else methods.get(name)
     dec = jax.jit(prefix.decompose, static_argnums=(0, 1))(spec, logprob_fn, params, batch)
     # total = jax.grad of -loss
-    direct = jax.grad(lambda p: -jgrpo.loss(spec, logprob_fn(p, jnp.asarray(TOKENS)), batch)[0])(params)
+    direct = jax.jit(jax.grad(lambda p: -jgrpo.loss(spec, logprob_fn(p, jnp.asarray(TOKENS)), batch)[0]))(params)
     assert_tree_close(dec.total, direct)
     # shared + divergent = total
     assert_tree_close(jax.tree.map(jnp.add, dec.shared, dec.divergent), dec.total)
     # shared = sum over nodes of W_agg(node) * grad log pi(node token | prefix), one copy of each prefix.
     reps = np.argwhere(np.asarray(dec.tree.representative & dec.tree.shared))
     assert len(reps) >= 5
-    w = np.asarray(dec.w_agg)
-
-    def one_logp(p, b, i, t):
-        return logprob_fn(p, jnp.asarray(TOKENS))[b, i, t]
-
-    grad_one = jax.jit(jax.grad(one_logp))  # one compile: the token index is traced
-    expected = jax.tree.map(jnp.zeros_like, params)
-    for b, i, t in reps:
-        g = grad_one(params, int(b), int(i), int(t))
-        expected = jax.tree.map(lambda e, x, c=w[b, i, t]: e + c * x, expected, g)
+    w = np.asarray(dec.w_agg)[tuple(reps.T)]
+    grads = _token_grads(logprob_fn)(params, *map(jnp.asarray, reps.T))  # each node's own grad log pi, [K, ...]
+    expected = jax.tree.map(lambda g: jnp.tensordot(jnp.asarray(w, g.dtype), g, axes=1), grads)
     num = prefix.tree_norm(jax.tree.map(jnp.subtract, dec.shared, expected))
     den = prefix.tree_norm(expected)
     assert float(den) > 0
     assert float(num / den) <= 1e-5, float(num / den)
+
+
+@functools.cache
+def _token_grads(logprob_fn):
+    """``(params, b [K], i [K], t [K]) -> grad log pi(y_{b,i,t})`` stacked on K (one compile per model)."""
+
+    def one_logp(p, b, i, t):
+        return logprob_fn(p, jnp.asarray(TOKENS))[b, i, t]
+
+    return jax.jit(jax.vmap(jax.grad(one_logp), in_axes=(None, 0, 0, 0)))
 
 
 def _all_shared_w(spec, logprob_fn, params, rewards):
@@ -175,3 +179,192 @@ def test_decompose_needs_tokens(model):
     batch = make_batch(logprob_fn, params, [[1.0, 0.0, 0.5, 0.0], [0.0, 1.0, 1.0, 0.25]])
     with pytest.raises(ValueError, match="needs batch.tokens"):
         prefix.decompose(methods.get("grpo"), logprob_fn, params, dataclasses.replace(batch, tokens=None))
+
+
+# ----------------------------------------------------------------------------- effects: directional derivatives
+
+
+def _tree_dot(a, b):
+    return float(sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)))
+
+
+def test_effects_equal_decomposition_dotted_with_directions():
+    """effects = <u, decompose's contributions>, per group = the group's own objective (prefix-tree policy)."""
+    vocab, length = 3, 5
+    rng = np.random.default_rng(4)  # NumPy draws: no PRNG program to compile
+    params = {
+        "logits": jnp.asarray(0.7 * rng.standard_normal((P.tree_num_contexts(vocab, length), vocab)), jnp.float32)
+    }
+    s = P.tree_sample(params, jax.random.key(5), (3, 6), max_len=length, eos_id=0)
+    logp = P.tree_logprob(params, s.tokens)
+    rewards = jnp.asarray([[1, 0, 1, 0, 0, 1], [0, 0, 1, 1, 1, 0], [1, 1, 0, 0, 0, 0.5]], jnp.float32)
+    batch = jgrpo.GroupBatch(mask=s.mask, logp_old=logp - 0.05, rewards=rewards, tokens=s.tokens)
+    dirs = {"logits": jnp.asarray(rng.standard_normal((2,) + params["logits"].shape), jnp.float32)}
+    spec = methods.get("grpo", beta=0.0)
+    tree = jax.jit(prefix.prefix_tree)(s.tokens, s.mask)
+    subsets = prefix.depth_subsets(tree, 3)
+    assert int(tree.shared.sum()) > 0
+    effects = jax.jit(prefix.effects, static_argnums=(0, 1))
+    eff = effects(spec, P.tree_logprob, params, batch, dirs, subsets=subsets)
+    dec = jax.jit(prefix.decompose, static_argnums=(0, 1))(spec, P.tree_logprob, params, batch, subsets=subsets)
+    for d in range(2):
+        u = {"logits": dirs["logits"][d]}
+        for name in ("total", "shared", "divergent"):
+            want = _tree_dot(u, getattr(dec, name))
+            got = float(getattr(eff, name)[d].mean())  # the mean of per-group effects is the batch effect
+            assert got == pytest.approx(want, rel=1e-4, abs=1e-7), (name, d)
+        for k in range(3):
+            want = _tree_dot(u, jax.tree.map(lambda x, k=k: x[k], dec.subsets))
+            assert float(eff.subsets[k, d].mean()) == pytest.approx(want, rel=1e-4, abs=1e-7)
+    # per group: the effect of that group's own objective J_b. The same group next to two groups of equal
+    # rewards (zero advantage, zero gradient) has the same per-group effect: J_b's, whatever the batch around it.
+    alone = jax.tree.map(lambda x: jnp.concatenate([x[1:2], x[1:2], x[1:2]]), batch)
+    alone = dataclasses.replace(alone, rewards=alone.rewards.at[1:].set(1.0))
+    e1 = effects(spec, P.tree_logprob, params, alone, dirs, subsets=subsets)
+    np.testing.assert_allclose(np.asarray(eff.total[:, 1]), np.asarray(e1.total[:, 0]), rtol=1e-4, atol=1e-7)
+    assert np.all(np.asarray(e1.total[:, 1:]) == 0.0)
+    with pytest.raises(ValueError, match="directions must be a pytree like params"):
+        prefix.effects(spec, P.tree_logprob, params, batch, params)
+
+
+# ----------------------------------------------------------------------------- the prefix-tree policy
+
+
+def _tree_row(prefix_tokens, vocab):
+    """Independent row index of a prefix: rows are ordered by length, then base-V order (plain Python)."""
+    t = len(prefix_tokens)
+    offset = sum(vocab**k for k in range(t))
+    index = 0
+    for y in prefix_tokens:
+        index = index * vocab + int(y)
+    return offset + index
+
+
+def test_tree_policy_logprob_contexts_and_errors():
+    vocab, length = 3, 4
+    params = P.tree_init(jax.random.key(0), vocab=vocab, max_len=length, scale=1.3)
+    assert params["logits"].shape == (1 + 3 + 9 + 27, 3) == (P.tree_num_contexts(vocab, length), vocab)
+    tokens = np.array([[[0, 2, 1, 1], [2, 2, 0, 1]], [[1, 1, 1, 1], [0, 0, 0, 0]]], np.int32)
+    logp = np.asarray(P.tree_logprob(params, tokens))
+    table = np.asarray(params["logits"], np.float64)
+    for idx in np.ndindex(tokens.shape[:-1]):
+        for t in range(length):
+            row = table[_tree_row(tokens[idx][:t], vocab)]
+            want = row[tokens[idx][t]] - np.log(np.exp(row).sum())
+            assert logp[idx + (t,)] == pytest.approx(want, abs=1e-5)
+    ctx = np.asarray(P.tree_contexts(tokens, vocab))
+    assert ctx[0, 1].tolist() == [_tree_row(tokens[0, 1][:t], vocab) for t in range(length)]
+    # completions sharing a prefix share exactly those rows, and nothing after
+    assert ctx[0, 0, 0] == ctx[1, 1, 0] == 0 and ctx[0, 0, 1] == ctx[1, 1, 1] and ctx[0, 0, 2] != ctx[1, 1, 2]
+    with pytest.raises(ValueError, match="covers max_len = 4"):
+        P.tree_logprob(params, np.zeros((2, 5), np.int32))
+    with pytest.raises(ValueError, match=r"token ids in \[0, 3\)"):
+        P.tree_logprob(params, np.full((2, 3), 3, np.int32))
+    with pytest.raises(ValueError, match="not 1 \\+ V"):
+        P.tree_logprob({"logits": jnp.zeros((7, 3))}, np.zeros((2, 3), np.int32))
+    with pytest.raises(ValueError, match="max_len must be an int"):
+        P.tree_sample(params, jax.random.key(0), (2,), max_len=5)
+
+
+def _tree_walk(table, vocab, length, eos, value):
+    """E[value(completion)] by recursion over prefixes, float64 (independent of analysis.prefix)."""
+
+    def softmax(x):
+        e = np.exp(x - x.max())
+        return e / e.sum()
+
+    def walk(prefix_tokens, prob):
+        p = softmax(table[_tree_row(prefix_tokens, vocab)])
+        total = 0.0
+        for v in range(vocab):
+            seq = prefix_tokens + [v]
+            if v == eos or len(seq) == length:
+                total += prob * p[v] * value(seq)
+            else:
+                total += walk(seq, prob * p[v])
+        return total
+
+    return walk([], 1.0)
+
+
+def test_tree_expectation_matches_recursion_and_gradient():
+    vocab, length, eos = 3, 4, 0
+    params = P.tree_init(jax.random.key(1), vocab=vocab, max_len=length, scale=1.0)
+    table = np.asarray(params["logits"], np.float64)
+
+    def reward(seqs, mask):  # 1 iff token 2 occurs in the completion
+        return jnp.any((seqs == 2) & (mask > 0), axis=-1).astype(jnp.float64)
+
+    with jax.enable_x64(True):
+        p64 = {"logits": jnp.asarray(table)}
+        e_len = float(prefix.tree_expectation(p64, lambda s, m: m.sum(-1), eos=eos, length=length))
+        e_hit = float(prefix.tree_expectation(p64, reward, eos=eos, length=length))
+        grad = np.asarray(
+            jax.grad(lambda p: prefix.tree_expectation(p, lambda s, m: m.sum(-1), eos=eos, length=length))(p64)[
+                "logits"
+            ]
+        )
+    assert e_len == pytest.approx(_tree_walk(table, vocab, length, eos, len), rel=1e-12)
+    assert e_hit == pytest.approx(_tree_walk(table, vocab, length, eos, lambda s: float(2 in s)), rel=1e-12)
+    rng = np.random.default_rng(0)
+    for row, col in zip(rng.integers(0, 13, 6), rng.integers(0, vocab, 6), strict=True):  # rows of prefixes < T
+        h, up, dn = 1e-6, table.copy(), table.copy()
+        up[row, col] += h
+        dn[row, col] -= h
+        fd = (_tree_walk(up, vocab, length, eos, len) - _tree_walk(dn, vocab, length, eos, len)) / (2 * h)
+        assert grad[row, col] == pytest.approx(fd, abs=1e-7)
+
+
+def test_tree_sequences_masks():
+    seqs, mask = prefix.tree_sequences(2, 3, eos=1)
+    assert seqs.shape == (8, 3)
+    want = {(0, 0, 0): [1, 1, 1], (1, 0, 0): [1, 0, 0], (0, 1, 1): [1, 1, 0], (0, 0, 1): [1, 1, 1]}
+    for s, m in want.items():
+        assert mask[np.all(seqs == s, -1)][0].tolist() == m
+    with pytest.raises(ValueError, match="enumeration limit"):
+        prefix.tree_sequences(4, 12, eos=None)
+
+
+# ----------------------------------------------------------------------------- tabular sampling, prompt tables
+
+
+def test_prompt_conditioned_tables():
+    pp = P.tabular_prompt_init(jax.random.key(2), prompts=3, vocab=4, max_len=6)
+    prompt = jnp.array([2, 0, 2])
+    ps = P.tabular_prompt_sample(pp, prompt, jax.random.key(3), group_size=5, max_len=6, eos_id=1)
+    assert ps.tokens.shape == ps.mask.shape == (3, 5, 6)
+    logp = P.tabular_prompt_logprob(pp, ps.tokens, prompt)
+    for b, k in enumerate([2, 0, 2]):  # each prompt uses its own table
+        np.testing.assert_array_equal(logp[b], P.tabular_logprob({"logits": pp["logits"][k]}, ps.tokens[b]))
+    with pytest.raises(ValueError, match=r"prompt must hold token ids in \[0, 3\)"):
+        P.tabular_prompt_logprob(pp, ps.tokens, jnp.array([3, 0, 0]))
+    with pytest.raises(ValueError, match="prompt must have shape"):
+        P.tabular_prompt_logprob(pp, ps.tokens, jnp.array([0, 0]))
+    with pytest.raises(ValueError, match=r"\[K, T, V\+1, V\]"):
+        P.tabular_prompt_logprob({"logits": pp["logits"][0]}, ps.tokens, prompt)
+    with pytest.raises(ValueError, match="max_len must be an int"):
+        P.tabular_prompt_sample(pp, prompt, jax.random.key(3), group_size=5, max_len=7)
+
+
+@pytest.mark.slow
+def test_samplers_match_exact_distributions():
+    """tabular_sample and tree_sample against the exact expectations (analysis.tabular, tree_expectation)."""
+    from analysis import tabular as tab
+
+    n = 20000
+    params = P.tabular_init(jax.random.key(0), vocab=4, max_len=6, scale=1.0)
+    s = P.tabular_sample(params, jax.random.key(1), (n,), max_len=6, eos_id=1, pad_id=0)
+    lengths = np.asarray(s.mask).sum(-1)
+    exact = float(tab.expected_length(params, eos=1, length=6))
+    assert abs(lengths.mean() - exact) < 4 * lengths.std() / np.sqrt(n)
+    hit = float(tab.expectation(params, tab.contains(4, 3), jnp.asarray([[0.0], [1.0]]), eos=1, length=6))
+    mc = np.mean(np.any((np.asarray(s.tokens) == 3) & (np.asarray(s.mask) > 0), -1))
+    assert abs(mc - hit) < 4 * np.sqrt(hit * (1 - hit) / n)
+    tree = P.tree_init(jax.random.key(1), vocab=3, max_len=4, scale=1.0)
+    s = P.tree_sample(tree, jax.random.key(2), (n,), max_len=4, eos_id=0)
+    lengths = np.asarray(s.mask).sum(-1)
+    exact = float(prefix.tree_expectation(tree, lambda q, m: m.sum(-1), eos=0, length=4))
+    assert abs(lengths.mean() - exact) < 4 * lengths.std() / np.sqrt(n)
+    toks, mask = np.asarray(s.tokens), np.asarray(s.mask)
+    ended = (toks == 0) & (mask > 0)  # the EOS is in the completion, padding (mask 0) only after it
+    assert np.all(np.cumsum(ended, -1)[mask == 0] >= 1)
