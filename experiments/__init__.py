@@ -12,9 +12,9 @@ REGISTRY: dict[str, str] = {
 
 DESCRIPTIONS: dict[str, str] = {
     "presets": "every preset's loss and diagnostics on one sample group (a table)",
-    "prefix_bias": "Prop. 1: W_agg and shared-prefix gradient per preset, with and without prefix debiasing",
+    "prefix_bias": "Prop. 1: W_agg per preset; the shared-prefix gradient's exact effect on length (prefix tree)",
     "reward_scaling": "Prop. 2: trajectory deviation vs reward scale for AdamW/SGD x beta x Adam eps",
     "overshoot": "Prop. 3/7: C_{T,k} closed form vs simulation; escape vs mu and beta1; momentum-aware transforms",
     "loss_proxy": "Prop. 4: first-step identities and surrogate value vs reward over training",
-    "length_bias": "end-to-end GRPO training: lengths of correct/incorrect completions per method",
+    "length_bias": "length-coupled task: exact drift of E[len | incorrect] per method, training at matched progress",
 }

@@ -71,8 +71,8 @@ import optax
 import jgrpo
 from analysis import prefix
 from analysis import tabular as tab
-from experiments.common import Claim, Context, finish, markdown_table, new_figure, save_figure, verdict
-from experiments.stats import mean_ci, paired_diff_ci
+from experiments.common import MIN_SEEDS, Claim, Context, finish, markdown_table, new_figure, save_figure, verdict
+from experiments.stats import Interval, mean_ci, paired_diff_ci
 from jgrpo.policies import tabular_prompt_logprob, tabular_prompt_sample
 
 NAME = "length_bias"
@@ -415,6 +415,23 @@ def matched_progress(reward, length_incorrect, other_reward, other_length, level
 
 
 # ----------------------------------------------------------------------------- claims (pure functions of the numbers)
+def _decided(ok: bool | None, seeds: int) -> str:
+    """The verdict of a decision rule; fewer than ``MIN_SEEDS`` seeds decide nothing."""
+    return verdict(ok if seeds >= MIN_SEEDS else None)
+
+
+def _ci(values) -> Interval:
+    """:func:`mean_ci` over the finite values (a seed whose statistic is undefined is left out)."""
+    v = [float(x) for x in values if math.isfinite(x)]
+    return mean_ci(v) if len(v) >= 2 else Interval(-math.inf, math.inf, math.nan, len(v))
+
+
+def _paired(a, b) -> Interval:
+    """:func:`paired_diff_ci` over the seeds where both values are finite."""
+    pairs = [(float(x), float(y)) for x, y in zip(a, b, strict=True) if math.isfinite(x) and math.isfinite(y)]
+    if len(pairs) < 2:
+        return Interval(-math.inf, math.inf, math.nan, len(pairs))
+    return paired_diff_ci([x for x, _ in pairs], [y for _, y in pairs])
 
 
 def _fmt(ci) -> str:
@@ -432,9 +449,9 @@ def _claims(drift0: dict, matched: dict) -> list[Claim]:
       matched: ``{optimizer: [seeds]}`` the mean matched-progress difference E[|o| | inc]_grpo − E[|o| | inc]_dr_grpo
         per seed (NaN: no progress), for "adam" and "ngd".
     """
-    seeds = len(drift0["grpo"])
-    d = paired_diff_ci(drift0["grpo"], drift0["dr_grpo"])
-    c = paired_diff_ci(drift0[CONTROL], drift0["dr_grpo"])
+    d = _paired(drift0["grpo"], drift0["dr_grpo"])
+    c = _paired(drift0[CONTROL], drift0["dr_grpo"])
+    seeds = min(d.n, c.n)  # seeds with a finite statistic
     power = c.lo > 0
     if d.lo > 0:
         ok = True
@@ -451,9 +468,9 @@ def _claims(drift0: dict, matched: dict) -> list[Claim]:
             "(exact, length-coupled task): paired D_grpo − D_dr_grpo > 0 (95% t-interval over seeds)",
             falsified_if="the interval below 0, or containing 0 with its upper end below a quarter of the "
             "positive control's lower end (D_control − D_dr_grpo) while the control is detected",
-            measured=f"D_grpo − D_dr_grpo {_fmt(d)} tokens per unit E[r] (D_grpo {_fmt(mean_ci(drift0['grpo']))}, "
-            f"D_dr_grpo {_fmt(mean_ci(drift0['dr_grpo']))})",
-            verdict=verdict(ok),
+            measured=f"D_grpo − D_dr_grpo {_fmt(d)} tokens per unit E[r] (D_grpo {_fmt(_ci(drift0['grpo']))}, "
+            f"D_dr_grpo {_fmt(_ci(drift0['dr_grpo']))})",
+            verdict=_decided(ok, seeds),
             proposition="Sec. 4 (Dr. GRPO)",
             ci=(d.lo, d.hi),
             seeds=seeds,
@@ -465,7 +482,7 @@ def _claims(drift0: dict, matched: dict) -> list[Claim]:
             criterion="paired D_control − D_dr_grpo > 0 at θ_0 (95% t-interval over seeds)",
             falsified_if="the interval below 0",
             measured=f"D_control − D_dr_grpo {_fmt(c)}",
-            verdict=verdict(True if power else (False if c.hi < 0 else None)),
+            verdict=_decided(True if power else (False if c.hi < 0 else None), seeds),
             proposition="control",
             ci=(c.lo, c.hi),
             seeds=seeds,
@@ -480,7 +497,7 @@ def _claims(drift0: dict, matched: dict) -> list[Claim]:
 def _training_claim(label: str, matched: list[float]) -> Claim:
     valid = [m for m in matched if math.isfinite(m)]
     if len(valid) >= 2:
-        mc = mean_ci(valid)
+        mc = _ci(valid)
         ok = None if len(valid) < len(matched) else (True if mc.lo > 0 else (False if mc.hi < 0 else None))
         measured = f"E[|o| | incorrect]_grpo − E[|o| | incorrect]_dr_grpo {_fmt(mc)} tokens"
         ci = (mc.lo, mc.hi)
@@ -489,6 +506,7 @@ def _training_claim(label: str, matched: list[float]) -> Claim:
         measured = f"only {len(valid)} of {len(matched)} seeds made progress ≥ {MIN_GAIN}"
     if len(valid) < len(matched):
         measured += f" ({len(matched) - len(valid)} seeds without progress ≥ {MIN_GAIN})"
+    seeds = max(len(valid), 1)
     return Claim(
         claim=f"over training ({label}), grpo's incorrect completions are longer than dr_grpo's at equal expected "
         "reward",
@@ -497,10 +515,10 @@ def _training_claim(label: str, matched: list[float]) -> Claim:
         "grpo − dr_grpo (same seeds and samples streams); 95% t-interval over seeds above 0",
         falsified_if="the interval below 0",
         measured=measured,
-        verdict=verdict(ok),
+        verdict=_decided(ok, seeds),
         proposition="Sec. 4 (Dr. GRPO)",
         ci=ci,
-        seeds=max(len(valid), 1),
+        seeds=seeds,
     )
 
 
@@ -568,7 +586,7 @@ def _run(ctx: Context, cfg: Config):
             row = [label, method]
             for key in ("length_incorrect", "length_correct"):
                 diffs = [x for x in matched_for(k_opt, method, key)[0] if math.isfinite(x)]
-                row.append(mean_ci(diffs).fmt("+.2f") if len(diffs) >= 2 else "n/a")
+                row.append(_ci(diffs).fmt("+.2f") if len(diffs) >= 2 else "n/a")
             described.append(tuple(row))
     claims = _claims(drift0, matched)
     ctx.progress(0.95, "figure")
@@ -577,15 +595,15 @@ def _run(ctx: Context, cfg: Config):
     last = max(1, cfg.outer_steps // 10)
     for j, name in enumerate(methods):
         d = [
-            mean_ci([drifts[name][c][s]["incorrect_per_gain"] for s in range(cfg.seeds)])
+            _ci([drifts[name][c][s]["incorrect_per_gain"] for s in range(cfg.seeds)])
             for c in range(min(2, len(cfg.checkpoints)))
         ]
         row = [name, d[0].fmt("+.3f"), d[1].fmt("+.3f") if len(d) > 1 else ""]
         for k_opt in range(o):
             row += [
-                mean_ci(series["reward"][:, k_opt, j, -last:].mean(-1)).fmt(".3f"),
-                mean_ci(series["length_correct"][:, k_opt, j, -last:].mean(-1)).fmt(".2f"),
-                mean_ci(series["length_incorrect"][:, k_opt, j, -last:].mean(-1)).fmt(".2f"),
+                _ci(series["reward"][:, k_opt, j, -last:].mean(-1)).fmt(".3f"),
+                _ci(series["length_correct"][:, k_opt, j, -last:].mean(-1)).fmt(".2f"),
+                _ci(series["length_incorrect"][:, k_opt, j, -last:].mean(-1)).fmt(".2f"),
             ]
         rows.append(tuple(row))
     first = {k: float(series[k][:, 0, 0, 0].mean()) for k in ("reward", "length", "length_correct", "length_incorrect")}
@@ -650,7 +668,7 @@ def _run(ctx: Context, cfg: Config):
 def _band(ax, x, y, label):
     """Mean over seeds (rows of y) with a 95% t-band."""
     y = np.asarray(y, np.float64)
-    cis = [mean_ci(y[:, i]) for i in range(y.shape[1])]
+    cis = [_ci(y[:, i]) for i in range(y.shape[1])]
     mean = np.array([c.center for c in cis])
     lo, hi = np.array([c.lo for c in cis]), np.array([c.hi for c in cis])
     (line,) = ax.plot(x, mean, label=label, lw=1.2)
@@ -695,7 +713,7 @@ def _figure(ctx: Context, cfg: Config, series: dict, drifts: dict) -> None:
     ax.set_ylabel("tokens")
     ax.legend(fontsize=6)
     ax = axes[1, 3]
-    cis = [mean_ci([drifts[n][0][s]["incorrect_per_gain"] for s in range(cfg.seeds)]) for n in methods]
+    cis = [_ci([drifts[n][0][s]["incorrect_per_gain"] for s in range(cfg.seeds)]) for n in methods]
     x = np.arange(len(methods))
     ax.bar(
         x,

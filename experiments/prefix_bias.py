@@ -82,8 +82,8 @@ import numpy as np
 
 import jgrpo
 from analysis import prefix
-from experiments.common import Claim, Context, finish, markdown_table, new_figure, save_figure, verdict
-from experiments.stats import mean_ci, paired_diff_ci
+from experiments.common import MIN_SEEDS, Claim, Context, finish, markdown_table, new_figure, save_figure, verdict
+from experiments.stats import Interval, mean_ci, paired_diff_ci
 from jgrpo.policies import tree_logprob, tree_num_contexts, tree_sample
 
 NAME = "prefix_bias"
@@ -430,6 +430,23 @@ def _part_a(ctx: Context, cfg: Config):
 
 
 # ----------------------------------------------------------------------------- claims (pure functions of the numbers)
+def _decided(ok: bool | None, seeds: int) -> str:
+    """The verdict of a decision rule; fewer than ``MIN_SEEDS`` seeds decide nothing."""
+    return verdict(ok if seeds >= MIN_SEEDS else None)
+
+
+def _ci(values) -> Interval:
+    """:func:`mean_ci` over the finite values (a seed whose statistic is undefined is left out)."""
+    v = [float(x) for x in values if math.isfinite(x)]
+    return mean_ci(v) if len(v) >= 2 else Interval(-math.inf, math.inf, math.nan, len(v))
+
+
+def _paired(a, b) -> Interval:
+    """:func:`paired_diff_ci` over the seeds where both values are finite."""
+    pairs = [(float(x), float(y)) for x, y in zip(a, b, strict=True) if math.isfinite(x) and math.isfinite(y)]
+    if len(pairs) < 2:
+        return Interval(-math.inf, math.inf, math.nan, len(pairs))
+    return paired_diff_ci([x for x, _ in pairs], [y for _, y in pairs])
 
 
 def _verification_claims(a: dict, a_stats: dict, b_stats: dict | None) -> list[Claim]:
@@ -495,9 +512,9 @@ def _effect_claims(per: dict, accuracies) -> list[Claim]:
       accuracies: the regimes p.
     """
     key = "shared_len_per_gain"
-    ci = {m: {p: mean_ci(per[m][p][key]) for p in accuracies} for m in ("grpo", "dr_grpo", "grpo+debias", CONTROL)}
-    diff = {p: paired_diff_ci(per["grpo"][p][key], per["dr_grpo"][p][key]) for p in accuracies}
-    seeds = min(len(per["grpo"][p][key]) for p in accuracies)
+    ci = {m: {p: _ci(per[m][p][key]) for p in accuracies} for m in ("grpo", "dr_grpo", "grpo+debias", CONTROL)}
+    diff = {p: _paired(per["grpo"][p][key], per["dr_grpo"][p][key]) for p in accuracies}
+    seeds = min([c.n for r in ci.values() for c in r.values()] + [d.n for d in diff.values()])  # finite seeds
     control_detected = all(ci[CONTROL][p].hi < 0 for p in accuracies)
 
     def half(c):
@@ -527,7 +544,7 @@ def _effect_claims(per: dict, accuracies) -> list[Claim]:
                 f"grpo − dr_grpo {_fmt(diff[p])}"
                 for p in accuracies
             ),
-            verdict=verdict(ok),
+            verdict=_decided(ok, seeds),
             proposition="Prop. 1",
             ci=(ci["grpo"][worst].lo, ci["grpo"][worst].hi),
             seeds=seeds,
@@ -543,7 +560,7 @@ def _effect_claims(per: dict, accuracies) -> list[Claim]:
             criterion="S_control < 0 (95% t-interval over seeds below 0) in every accuracy regime",
             falsified_if="S_control's interval above 0 in some regime",
             measured="; ".join(f"p = {p}: S_control {_fmt(ci[CONTROL][p])}" for p in accuracies),
-            verdict=verdict(c_ok),
+            verdict=_decided(c_ok, seeds),
             proposition="control",
             ci=(ci[CONTROL][weakest].lo, ci[CONTROL][weakest].hi),
             seeds=seeds,
@@ -553,14 +570,14 @@ def _effect_claims(per: dict, accuracies) -> list[Claim]:
     parts, removed, kept = [], True, False
     for p in biased:
         sign = np.sign(diff[p].center)
-        toward = paired_diff_ci(per["grpo+debias"][p][key], per["grpo"][p][key])
-        rest = paired_diff_ci(per["grpo+debias"][p][key], per["dr_grpo"][p][key])
+        toward = _paired(per["grpo+debias"][p][key], per["grpo"][p][key])
+        rest = _paired(per["grpo+debias"][p][key], per["dr_grpo"][p][key])
         removed &= bool(toward.excludes(0) and np.sign(toward.center) == -sign and not rest.excludes(0))
         kept |= bool(rest.excludes(0) and np.sign(rest.center) == sign)
         parts.append(f"p = {p}: debias − grpo {_fmt(toward)}, debias − dr_grpo {_fmt(rest)}")
     d_ok = (True if removed else (False if kept else None)) if biased else None
     target = biased[0] if biased else accuracies[0]
-    d_ci = paired_diff_ci(per["grpo+debias"][target][key], per["dr_grpo"][target][key])
+    d_ci = _paired(per["grpo+debias"][target][key], per["dr_grpo"][target][key])
     claims.append(
         Claim(
             claim="prefix-debiased grpo removes grpo's shared-prefix length effect",
@@ -569,7 +586,7 @@ def _effect_claims(per: dict, accuracies) -> list[Claim]:
             "opposite sign and S_debias − S_dr_grpo contains 0",
             falsified_if="S_debias − S_dr_grpo excludes 0 with the sign of S_grpo − S_dr_grpo in such a regime",
             measured="; ".join(parts) if parts else "no regime where grpo differs from dr_grpo",
-            verdict=verdict(d_ok),
+            verdict=_decided(d_ok, seeds),
             proposition="beyond",
             ci=(d_ci.lo, d_ci.hi),
             seeds=seeds,
@@ -607,10 +624,10 @@ def _run(ctx: Context, cfg: Config):
                 (
                     p,
                     m,
-                    mean_ci(rec["shared_len_per_gain"]).fmt("+.3f"),
-                    mean_ci(rec["preamble_len_per_gain"]).fmt("+.3f"),
-                    mean_ci(rec["after_answer_len_per_gain"]).fmt("+.3f"),
-                    mean_ci(rec["total_len_per_gain"]).fmt("+.3f"),
+                    _ci(rec["shared_len_per_gain"]).fmt("+.3f"),
+                    _ci(rec["preamble_len_per_gain"]).fmt("+.3f"),
+                    _ci(rec["after_answer_len_per_gain"]).fmt("+.3f"),
+                    _ci(rec["total_len_per_gain"]).fmt("+.3f"),
                 )
             )
     table = (
@@ -684,7 +701,7 @@ def _figure(ctx: Context, cfg: Config, a: dict, per: dict) -> None:
         (axes[0, 2], "total_len_per_gain", "(B) whole update: ΔE[|o|] per unit ΔE[r]"),
     ):
         for j, p in enumerate(cfg.accuracies):
-            cis = [mean_ci(per[m][p][stat]) for m in cfg.methods]
+            cis = [_ci(per[m][p][stat]) for m in cfg.methods]
             centers = np.array([c.center for c in cis])
             err = np.array([[c.center - c.lo for c in cis], [c.hi - c.center for c in cis]])
             ax.bar(

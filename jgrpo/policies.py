@@ -37,6 +37,12 @@ Policies
   same position share that cell (their gradients land on the same parameters);
   the per-token log-probabilities of a shared prefix are nonetheless exact and
   identical across the completions that share it.
+* Tabular variants (same conventions): :func:`tabular_sample` draws completions directly
+  (O(T) per completion); ``tabular_prompt_*`` keep one ``[T, V+1, V]`` table per prompt id
+  (context ``(prompt, t, y_{t-1})``); ``tree_*`` keep one row of logits per *whole prefix*
+  (``[N, V]``, ``N = 1 + V + ... + V^{T-1}``, context ``y_<t``), so completions share the
+  parameters of token t exactly when they share the prefix ``y_<t`` — the shared prefixes of
+  Prop. 1 without the cell sharing of the ``(t, y_{t-1})`` table.
 * Transformer (:class:`Transformer`, :class:`TransformerConfig`): a decoder-only,
   pre-LayerNorm transformer with learned position embeddings, causal self-attention
   and a GELU MLP. :func:`make_transformer` returns ``(graphdef, params)`` from

@@ -168,3 +168,12 @@ def test_config_validation():
         lb._config("huge")
     for scale in ("quick", "paper", "test"):
         lb._config(scale)
+
+
+def test_few_or_undefined_seeds_decide_nothing():
+    drift = _drift((10.0, 1.0), (5.0, 1.0), (20.0, 1.0))
+    few = {k: v[:3] for k, v in drift.items()}
+    assert {c.verdict for c in lb._claims(few, {"adam": _seeds(0.5)[:3]})} == {"inconclusive"}
+    drift["grpo"][0] = math.nan
+    claims = lb._claims(drift, {})
+    assert claims[0].verdict == "reproduced" and claims[0].seeds == len(Z) - 1

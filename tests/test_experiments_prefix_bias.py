@@ -144,3 +144,13 @@ def test_config_validation():
     for scale in ("quick", "paper", "test"):
         assert dataclasses.is_dataclass(pb._config(scale))
     assert jax.tree.leaves(pb.tree_task_policy(0, pb._config("test"), 0.5))[0].dtype == jnp.float32
+
+
+def test_few_or_undefined_seeds_decide_nothing():
+    per = _per({p: (-1.0, 0.1) for p in ACC}, {p: (0.0, 0.1) for p in ACC}, {p: (-1.0, 0.1) for p in ACC})
+    few = {m: {p: {k: v[:3] for k, v in r.items()} for p, r in rec.items()} for m, rec in per.items()}
+    assert set(_verdicts(few).values()) == {"inconclusive"}  # 3 seeds, however clear
+    for m in per:  # a seed whose statistic is undefined (no reward gain) is left out, not propagated
+        per[m][0.25]["shared_len_per_gain"][0] = float("nan")
+    claims = pb._effect_claims(per, ACC)
+    assert claims[0].verdict == "reproduced" and claims[0].seeds == len(Z) - 1
