@@ -28,7 +28,7 @@ import numpy as np
 
 import jgrpo
 from jgrpo.methods import MethodSpec
-from jgrpo.policies import tree_contexts
+from jgrpo.policies import tree_num_contexts
 from jgrpo.weights import shared_prefix
 
 __all__ = [
@@ -372,11 +372,20 @@ def tree_expectation(params, value_fn: Callable, *, eos: int | None, length: int
       A scalar, differentiable in ``params`` (float32, or float64 for a float64 table).
     """
     table = params["logits"] if isinstance(params, dict) else params
-    vocab = np.shape(table)[-1]
+    n, vocab = np.shape(table)
+    if n < tree_num_contexts(vocab, length):
+        raise ValueError(f"params['logits'] has {n} rows, fewer than a prefix tree of length {length} needs")
     seqs, mask = tree_sequences(vocab, length, eos=eos)
-    ctx = tree_contexts(seqs, vocab)
     dtype = jnp.result_type(table.dtype, jnp.float32)
-    logp_v = jax.nn.log_softmax(jnp.asarray(table, dtype)[ctx], axis=-1)
-    logp = jnp.take_along_axis(logp_v, jnp.asarray(seqs)[..., None], axis=-1)[..., 0]
-    prob = jnp.exp(jnp.sum(logp, axis=-1))
-    return jnp.sum(prob * jnp.asarray(value_fn(jnp.asarray(seqs), jnp.asarray(mask)), dtype))
+    table = jnp.asarray(table, dtype)
+    # log P(y_<t+1) level by level: the rows of depth t are one contiguous block in base-V order, and the
+    # children of prefix h are h*V + v, so each level is a static slice and a reshape (no gather). A loop
+    # over the depth is unavoidable (level t has V^t rows); length is small (V^length <= 2^22).
+    logp = jnp.zeros((1,), dtype)
+    for t in range(length):
+        off = tree_num_contexts(vocab, t) if t else 0
+        block = jax.nn.log_softmax(table[off : off + vocab**t], axis=-1)  # [V^t, V]
+        logp = (logp[:, None] + block).reshape(-1)
+    # the barrier keeps XLA from constant-folding value_fn over the V^length enumerated sequences
+    seqs_, mask_ = jax.lax.optimization_barrier((jnp.asarray(seqs), jnp.asarray(mask)))
+    return jnp.sum(jnp.exp(logp) * jnp.asarray(value_fn(seqs_, mask_), dtype))

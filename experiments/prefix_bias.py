@@ -68,6 +68,11 @@ Student-t intervals over seeds:
   S_grpo − S_dr_grpo excludes 0: reproduced iff S_debias − S_grpo excludes 0 with the
   opposite sign and S_debias − S_dr_grpo contains 0; not reproduced iff
   S_debias − S_dr_grpo excludes 0 with the sign of S_grpo − S_dr_grpo.
+
+Fewer than 5 seeds with a defined statistic (a seed whose whole update gains no expected
+reward has none) decide nothing. Disclosure: a first quick run with 8 seeds left the
+positive control undetected at p = 0.25 (every verdict inconclusive); the quick design
+now uses 24 seeds, with the criteria above unchanged.
 """
 
 from __future__ import annotations
@@ -655,11 +660,13 @@ def _run(ctx: Context, cfg: Config):
             f"{s['full_group_prefix_depth']:.2f} tokens shared by the whole group"
             for p, s in b_summary.items()
         )
-        + ". gspo's first step (ratio 1) is grpo's exactly. Reading: the shared prefix after the answer is shared "
-        "only by completions with the same answer (the same advantage), so 1/|o_i| makes short correct completions "
-        "pull their shared tokens up harder and short incorrect ones push theirs down harder: shorter correct, "
-        "longer incorrect completions; which one wins in E[|o|] depends on the accuracy. Prefix debiasing averages "
-        "α over a node, which changes nothing on a node whose members share one advantage."
+        + ". gspo's first step (ratio 1) is grpo's exactly. A first run with 8 seeds left the positive control "
+        "undetected at p = 0.25 (all verdicts inconclusive); this design uses 24, criteria unchanged. Reading: the "
+        "shared prefix after the answer is shared only by completions with the same answer (the same advantage), so "
+        "1/|o_i| makes short correct completions pull their shared tokens up harder and short incorrect ones push "
+        "theirs down harder: shorter correct, longer incorrect completions; which one wins in E[|o|] depends on the "
+        "accuracy. Prefix debiasing averages α over a node, which changes nothing on a node whose members share one "
+        "advantage."
     )
     return finish(
         ctx,
