@@ -1,4 +1,4 @@
-"""Command line: ``python -m experiments list | run NAME|all | bench | readme`` (``--help`` for the options)."""
+"""Command line: ``python -m experiments list | run NAME|all | bench | bench-readme | readme`` (``--help``: options)."""
 
 from __future__ import annotations
 
@@ -46,6 +46,16 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run the benchmarks (ratios side by side) and write bench.json")
     bench.add_argument("--out", default="results", help="output folder (default: results)")
     bench.add_argument("--quick", action="store_true", help="smaller sizes and fewer repetitions")
+    bench_readme = sub.add_parser(
+        "bench-readme", help="regenerate the README's performance section from bench.json files"
+    )
+    bench_readme.add_argument(
+        "--bench",
+        action="append",
+        default=None,
+        help="a bench.json written by 'bench' (default: docs/bench.json); repeat it for one column per run",
+    )
+    bench_readme.add_argument("--readme", default="README.md", help="the README to update (default: README.md)")
     readme = sub.add_parser("readme", help="regenerate the README's results section from saved results")
     readme.add_argument("--results", default="docs/results", help="results folder (default: docs/results)")
     readme.add_argument("--readme", default="README.md", help="the README to update (default: README.md)")
@@ -75,6 +85,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(f"{args.readme}: {'updated' if changed else 'unchanged'} from {args.results}")
+        return 0
+    if args.command == "bench-readme":
+        from experiments.bench import readme as bench_readme
+
+        benches = [Path(p) for p in (args.bench or ["docs/bench.json"])]
+        for path in benches:
+            try:
+                bench_readme.load_bench(path)
+            except ValueError as e:
+                print(f"error: --bench {e}", file=sys.stderr)
+                return 2
+        try:
+            changed = bench_readme.update_readme(Path(args.readme), benches)
+        except (OSError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"{args.readme}: {'updated' if changed else 'unchanged'} from {', '.join(map(str, benches))}")
         return 0
     if args.command == "bench":
         from experiments import bench
