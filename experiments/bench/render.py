@@ -7,7 +7,7 @@ from typing import Any
 
 from experiments.common import markdown_table
 
-__all__ = ["fmt_ops", "fmt_ratio", "goal_cell", "markdown", "table", "yes"]
+__all__ = ["fmt_ops", "fmt_ratio", "fmt_seconds", "goal_cell", "markdown", "table", "yes"]
 
 table = markdown_table
 
@@ -30,6 +30,15 @@ def fmt_ratio(v: float | str | None) -> str:
     if abs(v) >= 100:
         return f"{v:,.0f}"
     return f"{v:.3g}"
+
+
+def fmt_seconds(s: float) -> str:
+    """A duration in us below a millisecond, in ms below a second, else in s (three significant digits)."""
+    if s < 1e-3:
+        return f"{s * 1e6:.3g} us"
+    if s < 1.0:
+        return f"{s * 1e3:.3g} ms"
+    return f"{s:.3g} s"
 
 
 def yes(met: bool | None) -> str:

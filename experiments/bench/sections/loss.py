@@ -349,7 +349,7 @@ def summary(loss: dict[str, Any]) -> list[str]:
             key=lambda p: p["measured_s"],
             default=None,
         )
-        if largest is not None and "fault_time_s" in largest:
+        if largest is not None and "fault_time_s" in largest and largest["faults_per_call"] > 0:
             text += (
                 f"; the slowest call pays {largest['faults_per_call']:.0f} page faults "
                 f"(~{largest['fault_time_s'] * 1e3:.3g} ms of its {largest['measured_s'] * 1e3:.3g} ms)"

@@ -24,7 +24,7 @@ from experiments.bench.config import Config
 from experiments.bench.goals import GOALS, goal
 from experiments.bench.harness import Timing, blocking, cost, op_profile, race
 from experiments.bench.registry import Context, Section
-from experiments.bench.render import fmt_ops, fmt_ratio, table
+from experiments.bench.render import fmt_ops, fmt_ratio, fmt_seconds, table
 from jgrpo.policies import tabular_init, tabular_logprob
 
 __all__ = ["SECTION"]
@@ -245,10 +245,10 @@ def render(sweep: dict[str, Any]) -> list[str]:
 
 
 def _per_sim(key: str, s: dict[str, Any]) -> str:
-    bytes_s = f" (XLA's bytes at copy bandwidth: {s['bytes_s_per_sim'] * 1e6:.3g} us)" if "bytes_s_per_sim" in s else ""
+    bytes_s = f" (XLA's bytes at copy bandwidth: {fmt_seconds(s['bytes_s_per_sim'])})" if "bytes_s_per_sim" in s else ""
     return (
-        f"{key}: vmapped {s['measured_s_per_sim'] * 1e6:.3g} us per simulation{bytes_s}; the loop pays "
-        f"{s['loop_s_per_jitted_call'] * 1e6:.3g} us per jitted call, {s['steps'] + 1} calls per simulation."
+        f"{key}: vmapped {fmt_seconds(s['measured_s_per_sim'])} per simulation{bytes_s}; the loop pays "
+        f"{fmt_seconds(s['loop_s_per_jitted_call'])} per jitted call, {s['steps'] + 1} calls per simulation."
     )
 
 

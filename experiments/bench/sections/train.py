@@ -84,7 +84,10 @@ def reference_matmul(n: int) -> dict[str, Any]:
         "what": f"jitted jnp.matmul of two float32 {n}x{n} matrices (2 n^3 FLOPs)",
         "n": n,
         "dtype": "float32",
-        "precision": f"jax_default_matmul_precision={precision} (on recent NVIDIA GPUs float32 matmuls then use TF32)",
+        # jax's default favours speed: float32 dots may run as TF32 on recent NVIDIA GPUs and as bfloat16
+        # passes on TPUs (docs.jax.dev, "Matmul precision"); the train step runs at the same precision
+        "precision": f"jax_default_matmul_precision={precision} (by default float32 matmuls may run as TF32 on "
+        "recent NVIDIA GPUs, bfloat16 passes on TPUs; the train step uses the same setting)",
         "device": env.device(),
         "measured": "in this run, interleaved with the train step",
     }
