@@ -362,7 +362,7 @@ def summary(dec: dict[str, Any]) -> list[str]:
     )
     if "flop_ratio_vs_subset_grads" in dec:
         line += (
-            f" = XLA's FLOP ratio {fmt_ratio(dec['flop_ratio_vs_subset_grads'])} (only the forward pass is shared) "
+            f" = XLA's FLOP ratio (a) / decompose {fmt_ratio(dec['flop_ratio_vs_subset_grads'])} "
             f"x decompose's FLOP rate relative to theirs, {fmt_ratio(dec['relative_flop_rate'])}"
         )
     extrapolated = _extrapolation(dec)
