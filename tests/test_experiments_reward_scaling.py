@@ -114,8 +114,9 @@ def test_seed_and_pooled_log_ratios_by_hand():
 
 
 def test_classify_pools_the_invariant_side_and_needs_every_data_set_for_broken():
-    assert R.classify(1.0, np.array([0.2, 5.0])) == "invariant"  # a rounding event in one data set only
-    assert R.classify(1.2, np.array([0.2, 5.0])) == "between"
+    assert R.classify(1.0, np.array([0.2, 0.1, 5.0])) == "invariant"  # a rounding event in one data set only
+    assert R.classify(1.2, np.array([0.2, 0.1, 5.0])) == "between"
+    assert R.classify(0.5, np.array([3.0, 3.0, 0.1])) == "between"  # one large floor hides what most data sets show
     assert R.classify(6.0, np.array([2.0, 5.0])) == "broken"
     assert R.classify(6.0, np.array([1.9, 5.0])) == "between"
     assert R.classify(float("nan"), np.array([1.0])) == "no reference"
