@@ -802,12 +802,14 @@ def _settings(n: int, seed: int = 0) -> tuple[jax.Array, ...]:
 
 def _adam_sweep(cfg: Config, log: Callable) -> dict[str, Any]:
     """simulate_adam_after_clip vmapped over the settings vs Python loops of optax steps."""
-    n, (t_steps, k_steps) = cfg.sweep_settings, cfg.sweep_steps
+    n, (t_steps, k_steps) = cfg.sweep_settings, cfg.sweep_steps  # t_steps gradient steps: the paper's T = t_steps + 1
     lr, b1, b2, eps = _settings(n)
     g = jnp.float32(0.1)
     vmapped = jax.jit(
         jax.vmap(
-            lambda lr, b1, b2, eps: overshoot.simulate_adam_after_clip(g, b1, b2, eps, T=t_steps, K=k_steps, lr=lr).c
+            lambda lr, b1, b2, eps: (
+                overshoot.simulate_adam_after_clip(g, b1, b2, eps, T=t_steps + 1, K=k_steps, lr=lr).c
+            )
         )
     )
     # Baseline (i): what a user writes by hand: per setting, a Python loop of jitted optax updates
@@ -829,7 +831,7 @@ def _adam_sweep(cfg: Config, log: Callable) -> dict[str, Any]:
 
     # Baseline (ii): the jitted single-setting simulator, called once per setting.
     single = jax.jit(
-        lambda lr, b1, b2, eps: overshoot.simulate_adam_after_clip(g, b1, b2, eps, T=t_steps, K=k_steps, lr=lr).c
+        lambda lr, b1, b2, eps: overshoot.simulate_adam_after_clip(g, b1, b2, eps, T=t_steps + 1, K=k_steps, lr=lr).c
     )
     m_loop, m_single = cfg.sweep_loop_settings, min(n, 10 * cfg.sweep_loop_settings)
     fns = {
