@@ -933,23 +933,34 @@ def momentum_claim(m: Matched, *, policy: str, progress: str, metric: str = "esc
     )
 
 
-def travel_claim(m9: dict, *, policy: str) -> Claim:
-    """Prop. 3: clipped tokens keep moving outward — mean Δz per (token, step) pair beyond the bound > 0."""
-    pairs = m9["pairs_sum"].sum(0)
-    per_seed = np.where(pairs > 0, m9["dz_sum"].sum(0) / np.maximum(pairs, 1), np.nan)
-    ci = _ci(per_seed)
+def _travel_per_pair(m: dict) -> np.ndarray:
+    pairs = m["pairs_sum"].sum(0)
+    return np.where(pairs > 0, m["dz_sum"].sum(0) / np.maximum(pairs, 1), np.nan)
+
+
+def travel_claim(m9: dict, *, policy: str, m0: dict | None = None) -> Claim:
+    """Prop. 3: clipped tokens keep moving outward — mean Δz per (token, step) pair beyond the bound > 0.
+
+    ``m0`` (Adam β1 = 0, no stale momentum) is reported beside it: the same statistic
+    comes out negative there, so the criterion can fail on this policy.
+    """
+    ci = _ci(_travel_per_pair(m9))
+    control = "" if m0 is None else _ci(_travel_per_pair(m0))
     criterion = (
         "Adam β1 = 0.9: mean change of z = sign(A)·log(π/π_old) per inner step taken while the token is beyond "
         "the bound, pooled over the η sweep, per seed; reproduced if the 95% CI lies above 0, not reproduced if "
         "it lies below 0"
     )
     ok = None if ci is None else (True if ci.lo > 0 else (False if ci.hi < 0 else None))
+    measured = "no token crossed" if ci is None else f"Δz per clipped step {ci.fmt('.4g')}"
+    if control:
+        measured += f" (β1 = 0: {control.fmt('.4g')})"
     return Claim(
         claim=f"Prop. 3 ({policy}): once beyond the bound, tokens keep moving further out under Adam",
         kind="experiment",
         criterion=criterion,
         falsified_if="the CI lies below 0 (clipped tokens move back)",
-        measured="no token crossed" if ci is None else f"Δz per clipped step {ci.fmt('.4g')}",
+        measured=measured,
         verdict=_decide(ci, ok),
         proposition="Prop. 3",
         ci=_nan_ci() if ci is None else (ci.lo, ci.hi),
@@ -1109,7 +1120,7 @@ def policy_claims(meas: dict, pcfg: PolicyConfig, n_levels: int) -> tuple[list[C
     policy = pcfg.kind
     m9, m0 = meas[BASELINE], meas[NO_MOMENTUM]
     progress_e = "exact ΔE" if policy == "tabular" else "held-out IS reward gain"
-    claims = [travel_claim(m9, policy=policy)]
+    claims = [travel_claim(m9, policy=policy, m0=m0)]
     extra = {}
     estimated = policy != "tabular"  # KL and ΔE are held-out estimates on the transformer: pooled progress curves
     for metric in METRICS:
@@ -1229,7 +1240,7 @@ def _tables(cfg: Config, a: dict, meas: dict, policies: dict) -> str:
             [
                 "optimizer",
                 "pairs",
-                "Σ Δz",
+                "Δz",
                 "stale momentum",
                 "fresh (other tokens)",
                 "transform",
@@ -1242,28 +1253,44 @@ def _tables(cfg: Config, a: dict, meas: dict, policies: dict) -> str:
     return text
 
 
-def _band(ax, x, y_LS, label, **kw):
-    ok = np.all(np.isfinite(y_LS), axis=1)
-    if not ok.any():
-        return
-    mean = np.nanmean(y_LS[ok], axis=1)
-    n = y_LS.shape[1]
-    half = np.array([stats.t_quantile(n - 1) * np.std(r, ddof=1) / math.sqrt(n) if n > 1 else 0.0 for r in y_LS[ok]])
-    (line,) = ax.plot(x[ok], mean, "-", lw=1.3, label=label, **kw)
-    ax.fill_between(x[ok], mean - half, mean + half, color=line.get_color(), alpha=0.18, lw=0)
-
-
-def _curve_panel(ax, meas, names, progress, metric, n_points=12):
+def _curve_panel(ax, meas, names, progress, metric):
+    """One curve per optimizer, parametric in η: x = seed-mean progress, y = seed-mean metric ± 95% CI (band)."""
     for name in names:
         m = meas[name]
-        levels = common_levels([m[progress]], n_points)
-        if levels.size:
-            _band(ax, levels, curves_at(m[progress], m[metric], levels), BY_NAME[name].label)
+        x, y = m[progress].mean(1), m[metric]
+        n = y.shape[1]
+        half = stats.t_quantile(n - 1) * y.std(1, ddof=1) / math.sqrt(n) if n > 1 else np.zeros(y.shape[0])
+        (line,) = ax.plot(x, y.mean(1), "o-", ms=2.5, lw=1.2, label=BY_NAME[name].label)
+        ax.fill_between(x, y.mean(1) - half, y.mean(1) + half, color=line.get_color(), alpha=0.18, lw=0)
+
+
+def _attribution_panel(ax, meas, names, kind):
+    """Mean Δz per (token, step) pair beyond the bound, split into its parts, per optimizer (pooled over η, seeds)."""
+    parts = (
+        ("stale", "stale momentum"),
+        ("fresh", "fresh (other tokens)"),
+        ("corr", "transform"),
+        ("resid", "residual"),
+    )
+    x = np.arange(len(names))
+    width = 0.8 / (len(parts) + 1)
+    for k, (key, label) in enumerate((("dz", "Δz (total)"),) + parts):
+        vals = []
+        for name in names:
+            m = meas[name]
+            n = float(m["pairs_sum"].sum())
+            vals.append(1e3 * float(m[key + "_sum"].sum()) / n if n else 0.0)
+        ax.bar(x + k * width, vals, width, label=label)
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xticks(x + width * len(parts) / 2, [BY_NAME[n].label.replace("Adam 0.9 + ", "+") for n in names], fontsize=6)
+    ax.tick_params(axis="x", rotation=30)
+    ax.set(ylabel="Δz per clipped (token, step) × 1e3", title=f"(c) {kind}: attribution of Δz beyond the bound")
+    ax.legend(fontsize=6)
 
 
 def _figure(cfg: Config, a: dict, meas: dict, policies: dict, path) -> None:
     kinds = list(policies)
-    fig, axes = new_figure(ncols=4, nrows=1 + len(kinds), size=(4.4, 3.4))
+    fig, axes = new_figure(ncols=5, nrows=1 + 2 * len(kinds), size=(4.6, 3.5))
     ax = axes[0, 0]
     for k in range(len(a["k"])):
         (line,) = ax.plot(a["T"], a["closed"][:, k], lw=1.2, label=f"k = {k}")
@@ -1288,24 +1315,38 @@ def _figure(cfg: Config, a: dict, meas: dict, policies: dict, path) -> None:
     ax.set(xlabel="step", ylabel="|g_t|", title="(a) the varying gradient history of Eq. 38")
     ax.legend(fontsize=6)
     axes[0, 3].axis("off")
-    for r, kind in enumerate(kinds, start=1):
-        pcfg, _ = policies[kind]
+    axes[0, 4].axis("off")
+    for i, kind in enumerate(kinds):
         mk = meas[kind]
         adam_family = [n for n in ("adam_b0", "adam_b0.5", "adam_b0.9", "adam_b0.95", "rmsprop", "sgdm") if n in mk]
         transforms = [n for n in (BASELINE, "reset", "projection", "gate", "guard") if n in mk]
         progress_e = "exact ΔE" if kind == "tabular" else "held-out IS reward gain"
-        panels = (
-            (adam_family, "dJ", "escape_frac", "surrogate gain ΔJ / batch", "escaped fraction", "escape vs ΔJ"),
-            (adam_family, "kl", "escape_frac", "KL(π_old‖π) / batch", "escaped fraction", "escape vs KL"),
-            (adam_family, "dJ", "travel", "surrogate gain ΔJ / batch", "post-crossing travel / token", "travel vs ΔJ"),
-            (transforms, "dE", "escape_frac", f"{progress_e} / batch", "escaped fraction", "Pareto: escape vs ΔE"),
-        )
-        for c, (names, prog, metric, xl, yl, title) in enumerate(panels):
-            ax = axes[r, c]
-            _curve_panel(ax, mk, names, prog, metric)
-            ax.set(xlabel=xl, ylabel=yl, title=f"(b) {kind}: {title} (95% CI)")
+        labels = {"dJ": "surrogate gain ΔJ / batch", "kl": "KL(π_old‖π) / batch", "dE": f"{progress_e} / batch"}
+        ylabels = {
+            "escape_frac": "escaped fraction",
+            "max_excess": "max excess beyond bound",
+            "travel": "travel / token",
+        }
+        short = {"escape_frac": "escape", "max_excess": "max excess", "travel": "travel"}
+        for j, prog in enumerate(("dJ", "kl")):
+            r = 1 + 2 * i + j
+            for c, metric in enumerate(("escape_frac", "max_excess", "travel")):
+                ax = axes[r, c]
+                _curve_panel(ax, mk, adam_family, prog, metric)
+                vs = "ΔJ" if prog == "dJ" else "KL"
+                ax.set(xlabel=labels[prog], ylabel=ylabels[metric], title=f"(b) {kind}: {short[metric]} vs {vs}")
+                ax.legend(fontsize=6)
+        for c, metric in ((3, "escape_frac"), (4, "travel")):
+            ax = axes[1 + 2 * i, c]
+            _curve_panel(ax, mk, transforms, "dE", metric)
+            ax.set(xlabel=labels["dE"], ylabel=ylabels[metric], title=f"(b) {kind}: Pareto, {short[metric]} vs ΔE")
             ax.legend(fontsize=6)
-    fig.subplots_adjust(hspace=0.45, wspace=0.3)
+        _attribution_panel(axes[2 + 2 * i, 3], mk, [n for n in (NO_MOMENTUM,) + tuple(transforms) if n in mk], kind)
+        axes[2 + 2 * i, 4].axis("off")
+    fig.text(
+        0.5, 0.005, "curves: one point per η (mean over seeds); bands: 95% CI over seeds of the y value", ha="center"
+    )
+    fig.subplots_adjust(hspace=0.6, wspace=0.4)
     save_figure(fig, path)
 
 
