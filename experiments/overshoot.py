@@ -20,7 +20,10 @@ Three parts, one figure:
     tabular policy, a held-out importance-sampling estimate on the transformer).
     Optimizers are compared at equal progress: each seed's escape is
     interpolated at common progress levels along its η sweep and the paired
-    differences go into a Student-t interval over seeds.
+    differences go into a Student-t interval over seeds. Where progress is only
+    estimated (the transformer's held-out KL and ΔE), the progress curve is the
+    mean over seeds, and a comparison is decisive only where that mean is
+    resolved from 0 (``matched``).
 (c) Exact attribution. For each token while it is beyond the bound, each inner
     step's change of z = sign(A)·log(π/π_old) is split into the stale-momentum
     part, the fresh-gradient part, the transform's correction (projection, gate,

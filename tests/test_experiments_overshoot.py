@@ -352,3 +352,15 @@ def test_overshoot_and_clipping_end_to_end_at_test_size(tmp_path):
     acc = np.asarray(result["grid"]["clip"]["2"]["acc"])
     assert acc.shape == (len(ccfg.policy.learning_rates), ccfg.policy.seeds, ccfg.policy.num_batches + 1)
     assert np.all((acc >= 0) & (acc <= 1))
+
+
+def test_claims_table_reads_back_undefined_intervals():
+    # an inconclusive experiment claim may carry an undefined CI; JSON stores nan/inf as strings
+    from experiments.common import Claim, claims_table
+
+    c = Claim(
+        claim="c", kind="experiment", criterion="k", falsified_if="f", measured="m", verdict="inconclusive",
+        ci=(float("nan"), float("inf")), seeds=1,
+    )  # fmt: skip
+    row = dict(c.to_json(), ci=["nan", "inf"])  # as experiments.common.write_json stores it
+    assert "95% CI [nan, inf]" in claims_table([row])
