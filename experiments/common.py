@@ -269,7 +269,7 @@ def claims_table(claims, *, experiment: str | None = None) -> str:
         c = c if isinstance(c, Claim) else Claim(**c)
         measured = c.measured
         if c.ci is not None:
-            measured += f"; 95% CI [{c.ci[0]:.3g}, {c.ci[1]:.3g}]"
+            measured += f"; 95% CI [{float(c.ci[0]):.3g}, {float(c.ci[1]):.3g}]"  # JSON keeps nan/inf as strings
         if c.seeds is not None:
             measured += f", {c.seeds} seeds"
         verdict_ = c.verdict if c.verdict != "not reproduced" else "**not reproduced**"
