@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from jgrpo.methods import KLEstimator, MethodSpec, Regularizer
-from jgrpo.ratios import masked, token_log_ratio
+from jgrpo.methods import KLEstimator, MethodSpec, RatioLevel, Regularizer
+from jgrpo.ratios import masked, sequence_log_ratio, token_log_ratio
 from jgrpo.weights import entropy_filter, gtpo_lambda, mean_entropy, normaliser
 
 
@@ -41,7 +41,10 @@ def regularizer_terms(spec: MethodSpec, logp, batch, advantages):
     """Per-token value and weight of R, ``R = sum_t weight * value`` per prompt.
 
     - ``kl``: value D_KL, weight = the policy normaliser without 1/sigma.
-    - ``kl_importance``: value I * D_KL (DeepSeek-V3.2), same weight.
+    - ``kl_importance``: value I * D_KL (DeepSeek-V3.2; TRL's ``use_bias_correction_kl``), same
+      weight; the gradient flows through I too. With ``ratio_level='sequence'`` I is the
+      sequence ratio s_i = exp(mean_t log I) broadcast over the tokens (gradient through the
+      mean), as TRL's ``coef_1`` at ``importance_sampling_level='sequence'``.
     - ``gtpo_entropy``: value I, weight delta_i <H>_i / (G |o_i|) lambda_{i,t}.
 
     Returns:
@@ -51,9 +54,10 @@ def regularizer_terms(spec: MethodSpec, logp, batch, advantages):
     if spec.regularizer == Regularizer.NONE:
         zeros = jnp.zeros(mask.shape, logp.dtype)
         return zeros, zeros
-    ratio = jnp.exp(
-        jnp.clip(token_log_ratio(logp, batch.logp_old.astype(logp.dtype), mask), spec.log_ratio_min, spec.log_ratio_max)
-    )
+    log_ratio = token_log_ratio(logp, batch.logp_old.astype(logp.dtype), mask)
+    if spec.regularizer == Regularizer.KL_IMPORTANCE and spec.ratio_level == RatioLevel.SEQUENCE:
+        log_ratio = jnp.broadcast_to(sequence_log_ratio(log_ratio, mask), log_ratio.shape)
+    ratio = jnp.exp(jnp.clip(log_ratio, spec.log_ratio_min, spec.log_ratio_max))
     if spec.regularizer == Regularizer.GTPO_ENTROPY:
         g = mask.shape[-2]
         m = mask.astype(jnp.float32)

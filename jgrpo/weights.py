@@ -12,8 +12,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jgrpo.advantages import group_all_equal, reward_scale, reward_std
-from jgrpo.methods import Agg, FNorm, GpgRescale, MethodSpec, Objective, Scope
+from jgrpo.advantages import group_all_equal, reward_scale, reward_std, standardised_advantages
+from jgrpo.methods import Agg, FNorm, GpgRescale, MethodSpec, Objective, PruneOn, Scope, SequenceTerms
 
 
 def lengths(mask, dtype=jnp.float32):
@@ -66,11 +66,19 @@ def normaliser(spec: MethodSpec, mask, dtype=jnp.float32):
     return factor * w * m
 
 
-def prune_factor(spec: MethodSpec, advantages):
-    """CPPO: ``[..., G]`` 1{|A_i| > gamma} (1 everywhere when pruning is off)."""
+def prune_factor(spec: MethodSpec, advantages, rewards=None):
+    """CPPO: ``[..., G]`` 1{|A_i| > gamma} (1 everywhere when pruning is off).
+
+    ``prune_on='centred'`` compares the centred A_i of Eq. 2 (Table 1's alpha^S 1{|A_i| > gamma});
+    ``'standardised'`` compares A_i / (sigma + std_eps) as the CPPO paper (arXiv 2503.22342), whose
+    advantages are GRPO's standardised ones (needs ``rewards``).
+    """
     if spec.prune_gamma is None:
         return jnp.ones_like(advantages)
-    return (jnp.abs(advantages) > spec.prune_gamma).astype(advantages.dtype)
+    stat = advantages
+    if spec.prune_on == PruneOn.STANDARDISED:
+        stat = standardised_advantages(spec, advantages, rewards)
+    return (jnp.abs(stat) > spec.prune_gamma).astype(advantages.dtype)
 
 
 def offpolicy_mask(spec: MethodSpec, advantages, log_ratio, mask):
@@ -149,6 +157,20 @@ def entropy_filter(spec: MethodSpec, entropy, mask):
     return (mean_entropy(entropy, mask) <= spec.entropy_threshold).astype(jnp.float32)
 
 
+def high_entropy_mask(spec: MethodSpec, entropy, mask):
+    """TRL's ``top_entropy_quantile`` rho: ``[..., G, T]`` 1 on completion tokens whose entropy is at least
+    the (1 - rho)-quantile (linear interpolation, as ``torch.quantile``) of the entropies of all completion
+    tokens of the batch, else 0. All ones when rho = 1 (off).
+    """
+    m = mask.astype(bool)
+    if spec.top_entropy_quantile >= 1.0:
+        return m.astype(jnp.float32)
+    dtype = jnp.promote_types(entropy.dtype, jnp.float32)
+    h = jax.lax.stop_gradient(entropy.astype(dtype))
+    threshold = jnp.nanquantile(jnp.where(m, h, jnp.nan), 1.0 - spec.top_entropy_quantile)
+    return (m & (jnp.where(m, h, 0.0) >= threshold)).astype(jnp.float32)
+
+
 def gpg_factor(spec: MethodSpec, rewards):
     """GPG's alpha-hat / F_norm, a scalar.
 
@@ -194,6 +216,11 @@ def node_mean(x, prefix):
 def policy_weights(spec: MethodSpec, batch, advantages, log_ratio):
     """alpha_{i,t} of Eq. 1 for the policy term, ``[..., G, T]`` (zero on padding).
 
+    For objective ``sequence`` (GCPO) every token carries the whole-sequence term, so a
+    completion's term counts sum_t alpha_{i,t} = Omega_i times (Table 1 literally: |o_i|/(sigma G));
+    with ``sequence_terms='once'`` (or ``prefix_debias``) alpha is divided by |o_i| so that it counts
+    once, Omega_i = 1/(sigma G).
+
     Args:
       spec: the method.
       batch: the :class:`jgrpo.GroupBatch`.
@@ -202,13 +229,19 @@ def policy_weights(spec: MethodSpec, batch, advantages, log_ratio):
     """
     rewards = batch.rewards
     per_completion = reward_scale(spec, rewards)
-    per_completion = per_completion * prune_factor(spec, advantages)
+    per_completion = per_completion * prune_factor(spec, advantages, rewards)
     per_completion = per_completion * offpolicy_mask(spec, advantages, log_ratio, batch.mask)
     per_completion = per_completion * entropy_filter(spec, batch.entropy, batch.mask)
     per_completion = per_completion * gpg_factor(spec, rewards)
     alpha = normaliser(spec, batch.mask, per_completion.dtype) * per_completion[..., None]
     if spec.gtpo_conflicts:
         alpha = alpha * gtpo_lambda(spec, batch.tokens, batch.mask, advantages)
-    if spec.prefix_debias and spec.objective != Objective.SEQUENCE:
+    if spec.top_entropy_quantile < 1.0:
+        alpha = alpha * high_entropy_mask(spec, batch.entropy, batch.mask)
+    if spec.objective == Objective.SEQUENCE:
+        if spec.sequence_terms == SequenceTerms.ONCE or spec.prefix_debias:
+            # The completion's term counts once, with the mean of its token weights.
+            alpha = alpha * _safe_inv(lengths(batch.mask, alpha.dtype))[..., None]
+    elif spec.prefix_debias:
         alpha = node_mean(alpha, shared_prefix(batch.tokens, batch.mask))
     return alpha
