@@ -400,9 +400,8 @@ class MethodSpec:
 
 _SEQUENCE_LEVEL_OBJECTIVES = (Objective.PPO_CLIP, Objective.GSPO, Objective.CISPO, Objective.SAPO)
 
-_FLOAT_FIELDS = {
-    f.name for f in dataclasses.fields(MethodSpec) if f.type in ("float", "float | None") and f.name != "name"
-}
+_FLOAT_FIELDS = {f.name for f in dataclasses.fields(MethodSpec) if f.type in ("float", "float | None")}
+_OPTIONAL_FIELDS = {f.name for f in dataclasses.fields(MethodSpec) if f.type.endswith("| None")}
 _BOOL_FIELDS = {f.name for f in dataclasses.fields(MethodSpec) if f.type == "bool"}
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(MethodSpec))
 
@@ -440,7 +439,7 @@ def _coerce(spec: MethodSpec, field: str) -> None:
             allowed = ", ".join(repr(e.value) for e in enum_type)
             raise ValueError(f"MethodSpec.{field} must be one of {allowed}; got {value!r}") from None
     elif field in _FLOAT_FIELDS:
-        if value is not None:
+        if value is not None or field not in _OPTIONAL_FIELDS:
             value = _as_float(field, value, spec.name)
     elif field in _BOOL_FIELDS:
         if not isinstance(value, (bool, np.bool_)):

@@ -39,7 +39,9 @@ CASES = [(n, f, o) for n, o in LENGTH_NORMALISED for f in jgrpo.methods.flavors(
 def _batch(seed=0, *, b=3, empty=False, rewards=None, ref_spread=0.5):
     batch, _ = make_batch(seed=seed, b=b, g=G, t=T, empty=empty)
     rng = np.random.default_rng(seed + 1)
-    logp_ref = (np.asarray(batch.logp_old) - ref_spread * rng.normal(size=batch.logp_old.shape)).astype(np.float32)
+    logp_ref = (-np.abs(np.asarray(batch.logp_old) - ref_spread * rng.normal(size=batch.logp_old.shape))).astype(
+        np.float32
+    )  # log-probabilities are <= 0 (jgrpo.loss checks it)
     return jgrpo.GroupBatch(
         mask=batch.mask,
         logp_old=batch.logp_old,
