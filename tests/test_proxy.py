@@ -27,11 +27,12 @@ LENGTH_NORMALISED = [
     ("grpo", {}),
     ("grpo_v32", {}),
     ("gspo", {}),
-    ("gcpo", {}),
+    ("gcpo", {"sequence_terms": "once"}),  # the paper preset (Table 1 literally) has Omega_i = |o_i|/(sigma G)
     ("gmpo", {}),
     ("rloo", {}),
     ("cppo", {}),  # only while no |A_i| <= gamma (see test_cppo_pruning_breaks_it)
-    ("gtpo", {"gtpo_conflicts": False}),  # only without conflict tokens (see test_gtpo_conflicts_break_it)
+    # only without conflict tokens (see test_gtpo_conflicts_break_it) and without the entropy filter delta_i
+    ("gtpo", {"gtpo_conflicts": False, "entropy_threshold": None}),
 ]
 CASES = [(n, f, o) for n, o in LENGTH_NORMALISED for f in jgrpo.methods.flavors(n)]
 
@@ -184,7 +185,7 @@ def test_sapo_temperatures_break_it():
 
 def test_gtpo_conflicts_break_it():
     """lambda = w on conflict tokens of positive completions, 0 on negative ones: Cov(A, Omega) > 0."""
-    spec = jgrpo.methods.get("gtpo")
+    spec = jgrpo.methods.get("gtpo", entropy_threshold=None)  # lambda alone (no entropy filter delta_i)
     batch = _batch(seed=10)
     fs = _first_step(spec, batch)
     live = np.abs(np.asarray(fs.advantages)).sum(-1) > 0
