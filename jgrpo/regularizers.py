@@ -63,7 +63,8 @@ def regularizer_terms(spec: MethodSpec, logp, batch, advantages):
         m = mask.astype(jnp.float32)
         length = jnp.maximum(jnp.sum(m, axis=-1), 1.0)
         per = entropy_filter(spec, batch.entropy, mask) * mean_entropy(batch.entropy, mask) / (g * length)
-        weight = per[..., None] * gtpo_lambda(spec, batch.tokens, mask, advantages)
+        lam = gtpo_lambda(spec, batch.tokens, mask, advantages) if spec.gtpo_conflicts else m
+        weight = per[..., None] * lam
         return masked(ratio, mask), weight.astype(logp.dtype)
     value = kl_estimate(spec, logp, batch.logp_ref.astype(logp.dtype), mask)
     if spec.regularizer == Regularizer.KL_IMPORTANCE:

@@ -30,7 +30,9 @@ def _batch(rewards, lengths, t=4, logp_old=-1.0, dtype=np.float32, **extra):
 def _grad(spec, logp, batch, wrt="logp"):
     if wrt == "logp":
         return np.asarray(jax.grad(lambda lp: jgrpo.loss(spec, lp, batch)[0])(jnp.asarray(logp)))
-    return np.asarray(jax.grad(lambda e: jgrpo.loss(spec, logp, batch.replace(entropy=e))[0])(jnp.asarray(batch.entropy)))
+    return np.asarray(
+        jax.grad(lambda e: jgrpo.loss(spec, logp, batch.replace(entropy=e))[0])(jnp.asarray(batch.entropy))
+    )
 
 
 # ----------------------------------------------------------------------------- sigma at rounding level

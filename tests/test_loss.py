@@ -255,7 +255,10 @@ def test_bad_shapes_and_dtypes():
         jgrpo.loss(spec, logp[..., :5], batch)
     with pytest.raises(ValueError, match=r"logp_old must have shape"):
         jgrpo.loss(spec, logp, dataclasses.replace(batch, logp_old=batch.logp_old[0]))
-    with pytest.raises(ValueError, match=r"rewards must have shape \[B, G\] = \(2, 4\) \(or \[B, G, K\] for K reward functions\), got \(2, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"rewards must have shape \[B, G\] = \(2, 4\) \(or \[B, G, K\] for K reward functions\), got \(2, 3\)",
+    ):
         jgrpo.loss(spec, logp, dataclasses.replace(batch, rewards=batch.rewards[:, :3]))
     with pytest.raises(ValueError, match=r"mask must have shape \[..., G, T\] \(rank >= 2\), got shape \(6,\)"):
         jgrpo.loss(spec, logp[0, 0], dataclasses.replace(batch, mask=batch.mask[0, 0]))

@@ -62,6 +62,7 @@ VARIANTS = [
     ("gpg", "paper", (("gpg_rescale", "nonzero"),), M),
     ("gtpo", "paper", (("entropy_threshold", 1.0),), M),
     ("gtpo", "paper", (("beta", 0.1), ("entropy_threshold", 1.0), ("gtpo_w", 3.0)), M),
+    ("gtpo", "paper", (("gtpo_conflicts", False),), M),  # R without lambda too
     ("cppo", "paper", (("prune_gamma", 0.3),), M),
     ("dr_grpo", "verl", (("norm_length", 64.0),), M),
     ("grpo_v32", "paper", (("offpolicy_delta", 0.05),), M),

@@ -389,7 +389,7 @@ _PARAMS = [pytest.param(c, d, id=f"{c.id}-{d.name}") for c in CASES for d in DAT
 @pytest.mark.parametrize("case, d", _PARAMS)
 def test_matches_trl(case, d):
     e = errors(case, d)
-    (jl, jg, _), (tl, tg, te) = e.jgrpo, e.trl
+    (jl, jg, _), (tl, tg, _) = e.jgrpo, e.trl
     assert np.isfinite(jl) and np.all(np.isfinite(jg))
     assert np.max(np.abs(tg)) > 0, "degenerate case: TRL's gradient is zero everywhere"
     assert e.loss <= RTOL, f"{case.id}/{d.name}: loss jgrpo {jl!r} vs trl {tl!r} (rel err {e.loss:.2e})"
