@@ -29,12 +29,12 @@ class Surrogate(NamedTuple):
     clipped_low: jax.Array
 
 
-def masked(x, mask):
+def masked(x: jax.Array, mask: jax.Array) -> jax.Array:
     """``x`` where ``mask`` else 0 (a NaN on padding never leaks)."""
     return jnp.where(mask.astype(bool), x, jnp.zeros((), x.dtype))
 
 
-def token_log_ratio(logp, logp_old, mask):
+def token_log_ratio(logp: jax.Array, logp_old: jax.Array, mask: jax.Array) -> jax.Array:
     """log I_{i,t} = logp - logp_old (Eq. 3), zero on padding."""
     return masked(logp, mask) - masked(logp_old, mask)
 
@@ -43,12 +43,12 @@ def _safe_len(mask):
     return jnp.maximum(jnp.sum(mask.astype(jnp.float32), axis=-1, keepdims=True), 1.0)
 
 
-def sequence_log_ratio(log_ratio, mask):
+def sequence_log_ratio(log_ratio: jax.Array, mask: jax.Array) -> jax.Array:
     """log s_i = mean_t log I_{i,t} over the completion's tokens, ``[..., G, 1]`` (0 for an empty completion)."""
     return jnp.sum(log_ratio, axis=-1, keepdims=True) / _safe_len(mask).astype(log_ratio.dtype)
 
 
-def level_ratio(spec: MethodSpec, logp, log_ratio, mask):
+def level_ratio(spec: MethodSpec, logp: jax.Array, log_ratio: jax.Array, mask: jax.Array) -> jax.Array:
     """The ratio s_{i,t} ``[..., G, T]`` at ``spec.ratio_level``, log-ratio clamped to [log_ratio_min, log_ratio_max].
 
     - objective ``gspo`` (Table 1's GSPO-token form): value s_i = exp(mean_t log I) on every
@@ -74,7 +74,9 @@ VESPO_SEQ_MIN = math.log(1e-8)
 VESPO_SEQ_MAX = 20.0
 
 
-def vespo_weight(spec: MethodSpec, log_ratio, mask, adv):
+def vespo_weight(
+    spec: MethodSpec, log_ratio: jax.Array, mask: jax.Array, adv: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """VESPO's gamma weight phi(w_i) = exp(lambda + k log w_i - lambda w_i) ``[..., G, 1]`` (no gradient).
 
     w_i = exp(sum_t clamp(log I_{i,t}, +-20)) clamped to [1e-8, e^20] (a sequence product, not a mean);
@@ -90,7 +92,7 @@ def vespo_weight(spec: MethodSpec, log_ratio, mask, adv):
     return sg(jnp.where(jnp.isfinite(phi), phi, 0.0)), jnp.exp(log_w)
 
 
-def ppo_clip_term(spec: MethodSpec, ratio, adv):
+def ppo_clip_term(spec: MethodSpec, ratio: jax.Array, adv: jax.Array) -> jax.Array:
     """min(s A, clip(s, 1-eps_low, 1+eps_high) A), with TRL's ``delta`` cap and dual clip.
 
     Implements the inner term of Eq. 1. Dual clip (c > 1): for A < 0 the term
@@ -104,7 +106,9 @@ def ppo_clip_term(spec: MethodSpec, ratio, adv):
     return term
 
 
-def surrogate(spec: MethodSpec, logp, logp_old, mask, advantages) -> Surrogate:
+def surrogate(
+    spec: MethodSpec, logp: jax.Array, logp_old: jax.Array, mask: jax.Array, advantages: jax.Array
+) -> Surrogate:
     """Per-token surrogate terms of every objective kind.
 
     Args:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from jgrpo.methods import KLEstimator, MethodSpec, RatioLevel, Regularizer
@@ -9,7 +10,7 @@ from jgrpo.ratios import masked, sequence_log_ratio, token_log_ratio
 from jgrpo.weights import entropy_filter, gtpo_lambda, mean_entropy, normaliser
 
 
-def kl_estimate(spec: MethodSpec, logp, logp_ref, mask):
+def kl_estimate(spec: MethodSpec, logp: jax.Array, logp_ref: jax.Array, mask: jax.Array) -> jax.Array:
     """Per-token KL estimate ``[..., G, T]``, zero on padding.
 
     With x = logp_ref - logp: k1 = -x, k2 = x^2/2, k3 = exp(x) - x - 1 (the
@@ -37,7 +38,7 @@ def kl_estimate(spec: MethodSpec, logp, logp_ref, mask):
     return masked(value, mask)
 
 
-def regularizer_terms(spec: MethodSpec, logp, batch, advantages):
+def regularizer_terms(spec: MethodSpec, logp: jax.Array, batch, advantages: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per-token value and weight of R, ``R = sum_t weight * value`` per prompt.
 
     - ``kl``: value D_KL, weight = the policy normaliser without 1/sigma.

@@ -16,12 +16,12 @@ from jgrpo.advantages import group_all_equal, reward_scale, reward_std, standard
 from jgrpo.methods import Agg, FNorm, GpgRescale, MethodSpec, Objective, PruneOn, Scope, SequenceTerms
 
 
-def lengths(mask, dtype=jnp.float32):
+def lengths(mask: jax.Array, dtype=jnp.float32) -> jax.Array:
     """``[..., G, T] -> [..., G]`` completion lengths L_i = sum_t m_{i,t} (float ``dtype``)."""
     return jnp.sum(mask.astype(dtype), axis=-1)
 
 
-def num_prompts(mask) -> int:
+def num_prompts(mask: jax.Array) -> int:
     """B: the number of groups (product of the leading dims; 1 for ``[G, T]``)."""
     return math.prod(mask.shape[:-2])
 
@@ -30,7 +30,7 @@ def _safe_inv(x):
     return jnp.where(x > 0, 1.0 / jnp.where(x > 0, x, 1.0), 0.0)
 
 
-def normaliser(spec: MethodSpec, mask, dtype=jnp.float32):
+def normaliser(spec: MethodSpec, mask: jax.Array, dtype=jnp.float32) -> jax.Array:
     """The aggregation part of alpha, ``[..., G, T]``, zero on padding.
 
     Implements the token normalisers of Table 1 (1/(G|o_i|), 1/sum_j|o_j|, 1/G,
@@ -66,7 +66,7 @@ def normaliser(spec: MethodSpec, mask, dtype=jnp.float32):
     return factor * w * m
 
 
-def prune_factor(spec: MethodSpec, advantages, rewards=None):
+def prune_factor(spec: MethodSpec, advantages: jax.Array, rewards: jax.Array | None = None) -> jax.Array:
     """CPPO: ``[..., G]`` 1{|A_i| > gamma} (1 everywhere when pruning is off).
 
     ``prune_on='centred'`` compares the centred A_i of Eq. 2 (Table 1's alpha^S 1{|A_i| > gamma});
@@ -81,7 +81,7 @@ def prune_factor(spec: MethodSpec, advantages, rewards=None):
     return (jnp.abs(stat) > spec.prune_gamma).astype(advantages.dtype)
 
 
-def offpolicy_mask(spec: MethodSpec, advantages, log_ratio, mask):
+def offpolicy_mask(spec: MethodSpec, advantages: jax.Array, log_ratio: jax.Array, mask: jax.Array) -> jax.Array:
     """DeepSeek-V3.2: ``[..., G]`` M_i = 0 if A_i < 0 and mean_t log(pi_old/pi) > delta, else 1.
 
     ``log_ratio`` is log(pi/pi_old), zero on padding. Piecewise constant: no gradient.
@@ -109,7 +109,7 @@ def _leading_run(flags):
     return jnp.cumprod(flags.astype(jnp.int32), axis=-1).astype(bool)
 
 
-def conflict_tokens(tokens, mask, advantages):
+def conflict_tokens(tokens: jax.Array, mask: jax.Array, advantages: jax.Array) -> jax.Array:
     """GTPO conflict tokens, bool ``[..., G, T]``.
 
     A token is a conflict token when a completion of opposite advantage sign
@@ -135,7 +135,7 @@ def conflict_tokens(tokens, mask, advantages):
     return lead | trail
 
 
-def gtpo_lambda(spec: MethodSpec, tokens, mask, advantages):
+def gtpo_lambda(spec: MethodSpec, tokens: jax.Array, mask: jax.Array, advantages: jax.Array) -> jax.Array:
     """GTPO's lambda_{i,t}: w on conflict tokens of positive completions, 0 on those of negative ones, else 1."""
     conflict = conflict_tokens(tokens, mask, advantages)
     pos = (advantages > 0)[..., None]
@@ -143,21 +143,21 @@ def gtpo_lambda(spec: MethodSpec, tokens, mask, advantages):
     return lam * mask.astype(jnp.float32)
 
 
-def mean_entropy(entropy, mask):
+def mean_entropy(entropy: jax.Array, mask: jax.Array) -> jax.Array:
     """<H>_i: ``[..., G]`` mean per-token entropy of each completion."""
     dtype = jnp.promote_types(entropy.dtype, jnp.float32)
     h = jnp.where(mask.astype(bool), entropy.astype(dtype), 0.0)
     return jnp.sum(h, axis=-1) * _safe_inv(lengths(mask, dtype))
 
 
-def entropy_filter(spec: MethodSpec, entropy, mask):
+def entropy_filter(spec: MethodSpec, entropy: jax.Array | None, mask: jax.Array) -> jax.Array:
     """GTPO's delta_i = 1{<H>_i <= threshold} ``[..., G]`` (1 when no threshold)."""
     if spec.entropy_threshold is None or entropy is None:
         return jnp.ones(mask.shape[:-1], jnp.float32)
     return (mean_entropy(entropy, mask) <= spec.entropy_threshold).astype(jnp.float32)
 
 
-def high_entropy_mask(spec: MethodSpec, entropy, mask):
+def high_entropy_mask(spec: MethodSpec, entropy: jax.Array, mask: jax.Array) -> jax.Array:
     """TRL's ``top_entropy_quantile`` rho: ``[..., G, T]`` 1 on completion tokens whose entropy is at least
     the (1 - rho)-quantile (linear interpolation, as ``torch.quantile``) of the entropies of all completion
     tokens of the batch, else 0. All ones when rho = 1 (off).
@@ -171,7 +171,7 @@ def high_entropy_mask(spec: MethodSpec, entropy, mask):
     return (m & (jnp.where(m, h, 0.0) >= threshold)).astype(jnp.float32)
 
 
-def gpg_factor(spec: MethodSpec, rewards):
+def gpg_factor(spec: MethodSpec, rewards: jax.Array) -> jax.Array:
     """GPG's alpha-hat / F_norm, a scalar.
 
     ``groups``: alpha-hat = B / (B - M), M groups whose rewards are all equal.
@@ -193,7 +193,7 @@ def gpg_factor(spec: MethodSpec, rewards):
     return factor
 
 
-def shared_prefix(tokens, mask):
+def shared_prefix(tokens: jax.Array, mask: jax.Array) -> jax.Array:
     """P[..., i, j, t]: completions i and j have the same tokens at positions 0..t (both valid).
 
     ``tokens``, ``mask``: ``[..., G, T]``. Returns bool ``[..., G, G, T]`` (P[i, i, t]
@@ -205,7 +205,7 @@ def shared_prefix(tokens, mask):
     return _leading_run(same)
 
 
-def node_mean(x, prefix):
+def node_mean(x: jax.Array, prefix: jax.Array) -> jax.Array:
     """Mean of ``x`` [..., G, T] over the prefix-tree node of every token (``prefix`` from :func:`shared_prefix`)."""
     p = prefix.astype(x.dtype)
     count = jnp.sum(p, axis=-2)  # [..., G, T] node sizes (0 on padding)
@@ -213,7 +213,7 @@ def node_mean(x, prefix):
     return total * _safe_inv(count)
 
 
-def policy_weights(spec: MethodSpec, batch, advantages, log_ratio):
+def policy_weights(spec: MethodSpec, batch, advantages: jax.Array, log_ratio: jax.Array) -> jax.Array:
     """alpha_{i,t} of Eq. 1 for the policy term, ``[..., G, T]`` (zero on padding).
 
     For objective ``sequence`` (GCPO) every token carries the whole-sequence term, so a
