@@ -47,7 +47,8 @@ bench: $(VENV)/.installed
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
 
-# Optional: torch (CPU) + the real verl 0.9.1, then the flavor="verl" checks against it.
+# Optional: torch (CPU) + the real verl 0.9.1 and TRL 1.16.0, then the flavor="verl" and flavor="trl" checks
+# against them (tests/interop: test_verl.py, test_trl.py).
 interop: $(VENV)/.installed
 	bash scripts/install_interop.sh
 	$(PY) -m pytest -m interop tests/interop

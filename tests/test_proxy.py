@@ -27,11 +27,12 @@ LENGTH_NORMALISED = [
     ("grpo", {}),
     ("grpo_v32", {}),
     ("gspo", {}),
-    ("gcpo", {}),
+    ("gcpo", {"sequence_terms": "once"}),  # the paper preset (Table 1 literally) has Omega_i = |o_i|/(sigma G)
     ("gmpo", {}),
     ("rloo", {}),
     ("cppo", {}),  # only while no |A_i| <= gamma (see test_cppo_pruning_breaks_it)
-    ("gtpo", {"gtpo_conflicts": False}),  # only without conflict tokens (see test_gtpo_conflicts_break_it)
+    # only without conflict tokens (see test_gtpo_conflicts_break_it) and without the entropy filter delta_i
+    ("gtpo", {"gtpo_conflicts": False, "entropy_threshold": None}),
 ]
 CASES = [(n, f, o) for n, o in LENGTH_NORMALISED for f in jgrpo.methods.flavors(n)]
 
@@ -39,7 +40,9 @@ CASES = [(n, f, o) for n, o in LENGTH_NORMALISED for f in jgrpo.methods.flavors(
 def _batch(seed=0, *, b=3, empty=False, rewards=None, ref_spread=0.5):
     batch, _ = make_batch(seed=seed, b=b, g=G, t=T, empty=empty)
     rng = np.random.default_rng(seed + 1)
-    logp_ref = (np.asarray(batch.logp_old) - ref_spread * rng.normal(size=batch.logp_old.shape)).astype(np.float32)
+    logp_ref = (-np.abs(np.asarray(batch.logp_old) - ref_spread * rng.normal(size=batch.logp_old.shape))).astype(
+        np.float32
+    )  # log-probabilities are <= 0 (jgrpo.loss checks it)
     return jgrpo.GroupBatch(
         mask=batch.mask,
         logp_old=batch.logp_old,
@@ -182,7 +185,7 @@ def test_sapo_temperatures_break_it():
 
 def test_gtpo_conflicts_break_it():
     """lambda = w on conflict tokens of positive completions, 0 on negative ones: Cov(A, Omega) > 0."""
-    spec = jgrpo.methods.get("gtpo")
+    spec = jgrpo.methods.get("gtpo", entropy_threshold=None)  # lambda alone (no entropy filter delta_i)
     batch = _batch(seed=10)
     fs = _first_step(spec, batch)
     live = np.abs(np.asarray(fs.advantages)).sum(-1) > 0
