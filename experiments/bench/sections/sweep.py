@@ -68,8 +68,8 @@ def _adam_sweep(cfg: Config, log: Callable) -> dict[str, Any]:
     lr, b1, b2, eps = _settings(n)
     g = jnp.float32(0.1)
 
-    def sim(lr, b1, b2, eps):
-        return overshoot.simulate_adam_after_clip(g, b1, b2, eps, T=t_steps, K=k_steps, lr=lr).c
+    def sim(lr, b1, b2, eps):  # t_steps gradient steps: the paper's T (the step the gradient vanishes) = t_steps + 1
+        return overshoot.simulate_adam_after_clip(g, b1, b2, eps, T=t_steps + 1, K=k_steps, lr=lr).c
 
     vmapped = jax.jit(jax.vmap(sim))
     opt = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8)
