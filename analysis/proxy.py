@@ -349,14 +349,12 @@ def _snis(logp, logp_old, rewards, mask, normalize):
     r = rewards.astype(dtype)
     reward_old = jnp.mean(r, axis=-1)
     w_norm = jax.nn.softmax(log_w, axis=-1)  # w_j / Σ_k w_k, stable for large |log w|
-    if normalize:
-        reward_new = jnp.sum(w_norm * r, axis=-1)
+    if normalize:  # Σ_j (w_j/Σw − 1/N) r_j: the difference first, so that θ = θ_old gives exactly 0
+        gain = jnp.sum((w_norm - 1.0 / r.shape[-1]) * r, axis=-1)
     else:
-        reward_new = jnp.mean(jnp.exp(log_w) * r, axis=-1)
+        gain = jnp.mean(jnp.expm1(log_w) * r, axis=-1)
     ess = 1.0 / jnp.sum(w_norm * w_norm, axis=-1)
-    return SnisGain(
-        gain=reward_new - reward_old, reward_new=reward_new, reward_old=reward_old, ess=ess, log_weights=log_w
-    )
+    return SnisGain(gain=gain, reward_new=reward_old + gain, reward_old=reward_old, ess=ess, log_weights=log_w)
 
 
 def snis_gain(logp, logp_old, rewards, mask, *, normalize: bool = True) -> SnisGain:
