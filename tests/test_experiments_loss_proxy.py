@@ -276,3 +276,16 @@ def test_config_validates():
     for scale in ("quick", "paper", "test"):
         cfg = lp._config(scale)
         assert dataclasses.replace(cfg) == cfg and hash(cfg)
+
+
+def test_gcpo_readings():
+    """gcpo is Table 1 read literally when jgrpo has the 'sequence_terms' option, once per completion otherwise."""
+    cfg = lp.Config(methods=("gcpo", "gcpo_once"))
+    if lp._has_gcpo_field():
+        assert lp._gcpo_reading(jgrpo.methods.get("gcpo")) == "literal"
+        assert lp._gcpo_reading(lp._spec("gcpo_once")) == "once"
+        assert lp._methods(cfg) == ("gcpo", "gcpo_once")
+    else:
+        assert lp._gcpo_reading(jgrpo.methods.get("gcpo")) == "once"
+        assert lp._methods(cfg) == ("gcpo",)  # the two would be the same preset
+    assert lp._methods(lp.Config(methods=("gcpo_once",))) == ("gcpo_once",)
