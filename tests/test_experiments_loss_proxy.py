@@ -247,7 +247,7 @@ def test_loss_proxy_end_to_end(tmp_path):
     for name in ("result.json", "table.md", "loss_proxy.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     result = json.loads((tmp_path / "result.json").read_text())
-    assert set(result["first_step"]) == set(cfg.presets)
+    assert set(result["first_step"]) == set(cfg.presets) | ({"gcpo_once"} if lp._has_gcpo_field() else set())
     assert result["first_step"]["cppo"]["policy"][-1] == pytest.approx(math.sqrt(15) / 16, abs=1e-6)
     kinds = {c.kind for c in outcome.claims}
     assert kinds == {"verification", "experiment"}
