@@ -1152,7 +1152,8 @@ def _report(ctx, cfg, a, info, bc, summaries, claims, timings):
             f"δ = {CAL_TOL} were fixed in the code before the first run. History: a first run (3 runs, B = 4 × G = 8, "
             "η = 0.05, last checkpoint on the plateau of E[r], 0.99) gave corr(J_after − J_first, ΔE) +0.60 … +0.78 "
             "for 5 of 6 presets (Scenario B not reproduced); G became 16 (so that cppo prunes) and η 0.02 (so that "
-            "the checkpoints span the learning curve). The by-phase table and the η sensitivity were added after these runs.\n\n"
+            "the checkpoints span the learning curve). The by-phase table and the η sensitivity were added after "
+            "these runs.\n\n"
         )
     if summary:
         notes += _reading(
