@@ -271,7 +271,7 @@ def _has_gcpo_field() -> bool:
 
 
 def _gcpo_reading(spec: jgrpo.MethodSpec) -> str:
-    """ "literal" (Ω_i = |o_i|/(σG)) or "once" (Ω_i = 1/(σG)) for a gcpo spec, from its documented field."""
+    """The reading of a gcpo spec: "literal" (Ω_i = |o_i|/(σG)) or "once" (Ω_i = 1/(σG)), from its field."""
     if not _has_gcpo_field():
         return "once"  # jgrpo before the Table-1-literal gcpo: one term per completion
     value = getattr(spec, GCPO_FIELD)
