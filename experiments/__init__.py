@@ -16,7 +16,7 @@ DESCRIPTIONS: dict[str, str] = {
     "prefix_bias": "Prop. 1: W_agg and shared-prefix gradient per preset, with and without prefix debiasing",
     "reward_scaling": "Prop. 2: trajectory deviation vs reward scale for AdamW/SGD x beta x Adam eps",
     "overshoot": "Prop. 3/7: closed forms vs optax; escape at matched progress; momentum-aware transforms",
-    "loss_proxy": "Prop. 4: first-step identities and surrogate value vs reward over training",
+    "loss_proxy": "Prop. 4: first-step identities; surrogate vs exact reward gain at fixed θ_old; SNIS monitor",
     "length_bias": "end-to-end GRPO training: lengths of correct/incorrect completions per method",
     "clipping": "is clipping needed? exact reward gain per sample for mu x {clip, no clip, guard, projection}",
 }
