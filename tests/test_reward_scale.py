@@ -133,7 +133,8 @@ def test_reward_degree_matches_the_objective(name):
     spec = jgrpo.methods.get(name)
     batch, logp = make_batch(seed=3, b=2, g=4, t=6, empty=False, spread=0.1)
     rewards = np.array([[0.9, 0.05, 0.3, 0.62], [0.1, 0.55, 0.7, 0.2]], np.float32)
-    batch = dataclasses.replace(batch, rewards=rewards)
+    # entropies below GTPO's threshold (ln 2), so that its δ filter keeps every completion and J is non-trivial
+    batch = dataclasses.replace(batch, rewards=rewards, entropy=np.asarray(batch.entropy) * 0.3)
 
     def j_policy(phi):
         t = jgrpo.terms(spec, jnp.asarray(logp), rs.scale_rewards(batch, phi))
