@@ -36,13 +36,19 @@ format: $(VENV)/.installed
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Installs the peers it compares against (verl 0.9.1 on torch 2.13.0 CPU: scripts/install_peers.sh; PEERS=0 skips
+# that), then writes $(OUT)/bench.json and bench.md. BENCH_ARGS=--quick for the short run.
+PEERS ?= 1
+BENCH_ARGS ?=
 bench: $(VENV)/.installed
-	$(PY) -m experiments bench --out $(OUT)
+	if [ "$(PEERS)" != 0 ]; then VENV=$(VENV) bash scripts/install_peers.sh; fi
+	$(PY) -m experiments bench --out $(OUT) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
 
-# Optional: torch (CPU) + the real verl 0.9.1, then the flavor="verl" checks against it.
+# Optional: torch (CPU) + the real verl 0.9.1 and TRL 1.16.0, then the flavor="verl" and flavor="trl" checks
+# against them (tests/interop: test_verl.py, test_trl.py).
 interop: $(VENV)/.installed
 	bash scripts/install_interop.sh
 	$(PY) -m pytest -m interop tests/interop

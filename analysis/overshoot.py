@@ -1,43 +1,46 @@
 """Prop. 3 / Prop. 7: Adam's momentum carries a policy past its clipping region.
 
-Setting (the paper's Sec. on optimizer dynamics and its appendix proof). A
-coordinate receives the same gradient g for T Adam steps while its importance
-ratio travels towards the clip boundary; from step T+1 on the ratio sits beyond
-1 + ε_up (A > 0) or below 1 − ε_low (A < 0), the clipped branch of Eq. 1 is
-active and the advantage gradient of that coordinate is exactly 0. Adam still
-moves it, because its first moment remembers g.
+Source: arXiv 2601.05002, Sec. 5 (Prop. 3) and Appendix D (Prop. 7, Eqs. 28-38).
+Once a token's ratio is beyond 1 + ε_up (A > 0) or below 1 − ε_low (A < 0), the
+clipped branch of Eq. 1 is active and its advantage gradient is exactly 0 (Eq. 28);
+Adam still moves the parameters, because its first moment remembers the gradients
+that brought the ratio there (Eq. 29).
 
-Derivation (jgrpo's own; the numbering follows the paper, Eqs. 32-38). With
-optax's Adam (1-indexed count t, bias correction, ε outside the square root)
+The paper's index (Appendix D). Adam (optax: 1-indexed count t, bias correction,
+ε outside the square root)
 
-    m_t = β1 m_{t-1} + (1 − β1) g_t,   v_t = β2 v_{t-1} + (1 − β2) g_t²,
-    u_t = −η · m̂_t / (√v̂_t + ε),      m̂_t = m_t / p_t(β1),  v̂_t = v_t / p_t(β2),
+    m_t = β1 m_{t−1} + (1 − β1) g_t,   v_t = β2 v_{t−1} + (1 − β2) g_t²,
+    u_t = −η · m̂_t / (√v̂_t + ε),      m̂_t = m_t / (1 − β1^t),  v̂_t = v_t / (1 − β2^t),
 
-where p_t(β) = 1 − β^t. Constant g for t ≤ T gives m_T = p_T(β1) g and
-v_T = p_T(β2) g², so m̂_T = g, v̂_T = g² and (ε = 0) the last gradient step is
-u_T = −η sign(g): bias correction makes it equal to the steady-state step, so
-"relative to the last update" and "relative to the steady update" coincide.
-At step T+1+k (k ≥ 0) the gradient is 0, so m = β1^{k+1} m_T, v = β2^{k+1} v_T:
+runs T − 1 gradient steps; at step T the iterate is in the clipped region and
+g_t = 0 for t ≥ T, so m_{T+k} = β1^{k+1} m_{T−1}, v_{T+k} = β2^{k+1} v_{T−1} (Eq. 34).
+The ratio of the (preconditioned) step k + 1 steps after the clip to the last
+gradient step is (Eq. 35; Eq. 31 for k = 0)
 
-    C_{T,k} = u_{T+k+1} / u_T
-            = (β1/√β2)^{k+1} · p_T(β1)/p_{T+k+1}(β1) · √(p_{T+k+1}(β2)/p_T(β2))   (Eq. 36)
-    C_T     = C_{T,0}                                                          (Eq. 32)
-    lim_{T→∞} C_T     = β1/√β2            (Eq. 33; 0.9/√0.95 ≈ 0.923)
-    lim_{T→∞} C_{T,k} = (β1/√β2)^{k+1}    (Eq. 37; k = 4: ≈ 0.671, "≈ 0.66" in the paper)
+    C_{T,k} = ‖m̂_{T+k}/(√v̂_{T+k} + ε)‖ / ‖m̂_{T−1}/(√v̂_{T−1} + ε)‖.
 
-With ε > 0, write ρ_{T,k} = √(v̂_{T+k+1}/v̂_T) = √(β2^{k+1} p_T(β2)/p_{T+k+1}(β2)).
-Then u_T = −η g/(|g| + ε) and u_{T+k+1} = −η m̂/(ρ|g| + ε), hence
+With ε negligible, per coordinate and for *any* gradient history before the clip,
 
-    C^ε_{T,k} = C_{T,k} · F_ε,   F_ε = (|g| + ε) / (|g| + ε/ρ_{T,k}) ≤ 1        (Eq. 38)
+    C_{T,k} = [β1^{k+1} (1 − β1^{T−1})/(1 − β1^{T+k})] · √(β2^{−(k+1)} (1 − β2^{T+k})/(1 − β2^{T−1}))   (Eq. 36)
+    C_T = C_{T,0}                                                                               (Eq. 32)
+    lim_{T→∞} C_T = β1/√β2  (Eq. 33; 0.9/√0.95 ≈ 0.923),   lim_{T→∞} C_{T,k} = (β1/√β2)^{k+1}  (Eq. 37)
 
-— ε shrinks the overshoot, and only when |g| is not large against ε/ρ.
+(C_2 = 0.67865 for (0.9, 0.95); T = 1 is 0/0: no gradient step precedes the clip).
+With ε > 0, the second bracket of Eq. 36 — √v̂_{T−1}/√v̂_{T+k} — becomes Eq. 38,
 
-Note:
-  The paper's own text for Eqs. 32-38 was not available to jgrpo's authors; the
-  formulas above are derived from optax's Adam and verified against it (see
-  ``simulate_adam_after_clip`` and ``tests/test_overshoot_closed_form.py``). The
-  equation numbers are those DESIGN.md gives for the paper's statements. If
-  β1 ≥ √β2 the ratio β1/√β2 ≥ 1 and zero-gradient steps *grow*.
+    E_38 = (√v̂_{T−1} + ε) / (√v̂_{T+k} + ε),    C^ε_{T,k} = [first bracket of Eq. 36] · E_38,
+
+which is exact (``c_coefficient_eps``) given the actual second moments before and
+after the clip. ``eps_factor`` is the constant-gradient shortcut C^ε/C with
+√v̂_{T−1} = |g|: exact only when every gradient before the clip had the same
+magnitude. If β1 ≥ √β2 the ratio β1/√β2 ≥ 1 and zero-gradient steps *grow*.
+
+Beyond the closed forms: ``simulate_adam_after_clip`` / ``simulate_adam_history``
+run the real optax Adam; ``simulate_inner_steps`` / ``simulate_group`` run μ GRPO
+inner steps on a fixed group and measure the escape (``escape``);
+``adam_update_split`` / ``momentum_update_split`` and ``log_ratio_jvps`` split a
+step's change of each token's log-ratio into the stale-momentum and the
+fresh-gradient parts (the exact attribution of the overshoot).
 """
 
 from __future__ import annotations
@@ -47,25 +50,94 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 __all__ = [
     "AdamAfterClip",
+    "Escape",
     "InnerTrajectory",
+    "UpdateSplit",
+    "adam_update_split",
     "c_coefficient",
+    "c_coefficient_eps",
     "c_limit",
     "eps_factor",
+    "eps_modulation",
+    "escape",
+    "first_moment_decay",
+    "group_ratio_fn",
+    "grpo_loss_fn",
+    "log_ratio_jvps",
+    "momentum_update_split",
+    "second_moment_decay",
     "simulate_adam_after_clip",
+    "simulate_adam_history",
+    "simulate_group",
     "simulate_inner_steps",
     "total_overshoot",
 ]
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _concrete(x) -> np.ndarray | None:
+    """``x`` as a float64 numpy array when its value is known (not traced), else None."""
+    if x is None or isinstance(x, jax.core.Tracer):
+        return None
+    try:
+        return np.asarray(x, np.float64)
+    except (TypeError, ValueError):
+        return None
+
+
+def _check(name: str, x, *, lo=None, hi=None, lo_open=False, hi_open=False, integer=False, allow_inf=False):
+    """Raises ValueError naming ``name`` when a concrete ``x`` (number or array) is out of range.
+
+    Traced values pass through (they cannot be inspected at trace time).
+    """
+    a = _concrete(x)
+    if a is None or a.size == 0:
+        return
+    bad = np.isnan(a)
+    if not allow_inf:
+        bad |= np.isinf(a)
+    fin = np.where(np.isfinite(a), a, 0.0)
+    if lo is not None:
+        bad |= (a <= lo) if lo_open else (a < lo)
+    if hi is not None:
+        bad |= (a >= hi) if hi_open else (a > hi)
+    if integer:
+        bad |= np.isfinite(a) & (fin != np.round(fin))
+    if bad.any():
+        lo_s = "-inf" if lo is None else f"{lo:g}"
+        hi_s = "inf" if hi is None else f"{hi:g}"
+        what = f"{'(' if lo_open or lo is None else '['}{lo_s}, {hi_s}{')' if hi_open or hi is None else ']'}"
+        kind = "an integer" if integer else "a number"
+        value = x if np.ndim(x) == 0 else a[bad].reshape(-1)[:5]
+        raise ValueError(f"{name} must be {kind} in {what}{' (or inf)' if allow_inf else ''}, got {value!r}")
+
+
+def _check_betas(beta1=None, beta2=None):
+    if beta1 is not None:
+        _check("beta1", beta1, lo=0.0, hi=1.0, hi_open=True)
+    if beta2 is not None:
+        _check("beta2", beta2, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+
+
+def _check_T_k(T, k):
+    if T is not None:
+        # T = 1 is 0/0 in Eq. 32: no gradient step precedes the clip.
+        _check("T", T, lo=2.0, integer=True, allow_inf=True)
+    _check("k", k, lo=0.0, integer=True)
 
 
 # ----------------------------------------------------------------------------- closed forms
 
 
 def _float_dtype(*xs):
-    return jnp.result_type(*xs, jnp.float32)
+    return jnp.result_type(*[x for x in xs if x is not None], jnp.float32)
 
 
 def _steps(T, dtype):
@@ -74,102 +146,199 @@ def _steps(T, dtype):
 
 
 def _one_minus_pow(beta, t):
-    """p_t(β) = 1 − β^t, accurate for β near 1 (``-expm1(t log β)``); t = ∞ gives 1."""
+    """1 − β^t, accurate for β near 1 (``-expm1(t log β)``); t = ∞ gives 1, β = 0 gives 1 for t > 0."""
     return -jnp.expm1(t * jnp.log(beta))
 
 
-def _v_decay(beta2, T, k):
-    """ρ_{T,k} = √(v̂_{T+k+1} / v̂_T) = √(β2^{k+1} p_T(β2) / p_{T+k+1}(β2))."""
-    return jnp.sqrt(jnp.exp((k + 1) * jnp.log(beta2)) * _one_minus_pow(beta2, T) / _one_minus_pow(beta2, T + k + 1))
+def _pow(beta, t):
+    """β^t for t ≥ 1 (β = 0 gives 0)."""
+    return jnp.exp(t * jnp.log(beta))
+
+
+def first_moment_decay(beta1, T=None, k=0):
+    """m̂_{T+k} / m̂_{T−1} = β1^{k+1} (1 − β1^{T−1}) / (1 − β1^{T+k}): the first bracket of Eq. (36).
+
+    Exact, per coordinate, for any gradient history before the clip (the first moment
+    only decays once g = 0, Eq. 34). The paper's index: T − 1 gradient steps, then
+    zero gradients from step T on; k = 0 is step T.
+
+    Args:
+      beta1: Adam's β1 in [0, 1).
+      T: the step at which the gradient vanishes, T ≥ 2; ``None``/``inf`` for T → ∞.
+      k: zero-gradient steps before the one measured, k ≥ 0.
+
+    Returns:
+      The ratio, broadcast over the arguments (float32 unless an input is float64).
+
+    Raises:
+      ValueError: a concrete argument out of range (β1 = 1, T < 2, k < 0, non-integer T or k).
+    """
+    _check_betas(beta1=beta1)
+    _check_T_k(T, k)
+    dtype = _float_dtype(beta1)
+    b1, t, kk = jnp.asarray(beta1, dtype), _steps(T, dtype), jnp.asarray(k, dtype)
+    return _pow(b1, kk + 1) * _one_minus_pow(b1, t - 1) / _one_minus_pow(b1, t + kk)
+
+
+def second_moment_decay(beta2, T=None, k=0):
+    """v̂_{T+k} / v̂_{T−1} = β2^{k+1} (1 − β2^{T−1}) / (1 − β2^{T+k}) (Eqs. 30, 34), exact for any history.
+
+    Its inverse square root is the second bracket of Eq. (36). Arguments as in
+    :func:`first_moment_decay` (β2 in (0, 1)).
+    """
+    _check_betas(beta2=beta2)
+    _check_T_k(T, k)
+    dtype = _float_dtype(beta2)
+    b2, t, kk = jnp.asarray(beta2, dtype), _steps(T, dtype), jnp.asarray(k, dtype)
+    return _pow(b2, kk + 1) * _one_minus_pow(b2, t - 1) / _one_minus_pow(b2, t + kk)
 
 
 def c_coefficient(beta1, beta2, T=None, k=0):
-    """Overshoot coefficient C_{T,k}: Adam's step k+1 steps after the gradient vanished, per last step.
+    """Overshoot coefficient C_{T,k}: the step k + 1 steps after the gradient vanished, per last gradient step.
 
-    C_{T,k} = (β1/√β2)^{k+1} · (1 − β1^T)/(1 − β1^{T+k+1}) · √((1 − β2^{T+k+1})/(1 − β2^T)).
+    C_{T,k} = [β1^{k+1} (1 − β1^{T−1})/(1 − β1^{T+k})] · √(β2^{−(k+1)} (1 − β2^{T+k})/(1 − β2^{T−1})).
 
-    Implements Eq. (32) (C_T, k = 0) and Eq. (36) (general k) of arXiv 2601.05002;
-    ``T = None`` or ``jnp.inf`` gives their limits, Eq. (33) β1/√β2 and Eq. (37)
-    (β1/√β2)^{k+1}. The value is exact for optax's Adam with ε = 0 (multiply by
-    ``eps_factor`` for ε > 0).
+    Implements Eq. (32) (C_T, k = 0) and Eq. (36) (general k) of arXiv 2601.05002 in
+    the paper's index: T is the step at which the advantage gradient vanishes, so
+    T − 1 gradient steps precede it (C_2 = 0.67865 for β1 = 0.9, β2 = 0.95).
+    ``T = None`` or ``inf`` gives the limits, Eq. (33) β1/√β2 and Eq. (37)
+    (β1/√β2)^{k+1}. Exact for optax's Adam with ε = 0, per coordinate, for any
+    gradient history before the clip; for ε > 0 see :func:`c_coefficient_eps`.
 
-    All arguments broadcast against each other; the function is pure, jit-able and
-    vmappable over every argument (T included).
+    All arguments broadcast against each other; pure, jit-able and vmappable over
+    every argument (T included, as a float).
 
     Args:
       beta1: Adam's β1, in [0, 1).
       beta2: Adam's β2, in (0, 1).
-      T: number of constant-gradient steps before the clip zeroes the gradient,
-        T ≥ 1; ``None`` or ``jnp.inf`` for the T → ∞ limit.
-      k: number of zero-gradient steps already taken (k = 0 is the first step past
-        the boundary), k ≥ 0.
+      T: the step at which the gradient vanishes, an integer ≥ 2; ``None``/``inf`` for T → ∞.
+      k: zero-gradient steps already taken (k = 0 is the first step past the boundary), k ≥ 0.
 
     Returns:
       C_{T,k}, float (float32 unless an input is float64), the broadcast shape.
 
-    Note:
-      The paper's text for these equations was not available; this closed form is
-      derived in the module docstring and checked against optax to 1e-5.
+    Raises:
+      ValueError: a concrete argument out of range: β1 ∉ [0, 1), β2 ∉ (0, 1), T < 2
+        (T = 1 is 0/0 in Eq. 32), k < 0, non-integer T or k, NaN.
     """
+    _check_betas(beta1, beta2)
+    _check_T_k(T, k)
     dtype = _float_dtype(beta1, beta2)
-    b1, b2 = jnp.asarray(beta1, dtype), jnp.asarray(beta2, dtype)
-    t, kk = _steps(T, dtype), jnp.asarray(k, dtype)
-    base = jnp.exp((kk + 1) * (jnp.log(b1) - 0.5 * jnp.log(b2)))  # (β1/√β2)^{k+1}
-    first = _one_minus_pow(b1, t) / _one_minus_pow(b1, t + kk + 1)
-    second = jnp.sqrt(_one_minus_pow(b2, t + kk + 1) / _one_minus_pow(b2, t))
-    return base * first * second
+    b2, t, kk = jnp.asarray(beta2, dtype), _steps(T, dtype), jnp.asarray(k, dtype)
+    second = jnp.exp(-0.5 * (kk + 1) * jnp.log(b2)) * jnp.sqrt(_one_minus_pow(b2, t + kk) / _one_minus_pow(b2, t - 1))
+    return first_moment_decay(jnp.asarray(beta1, dtype), t, kk) * second
 
 
 def c_limit(beta1, beta2, k=0):
-    """lim_{T→∞} C_{T,k} = (β1/√β2)^{k+1}: Eq. (33) for k = 0, Eq. (37) in general."""
+    """lim_{T→∞} C_{T,k} = (β1/√β2)^{k+1}: Eq. (33) for k = 0, Eq. (37) in general.
+
+    Raises:
+      ValueError: as :func:`c_coefficient`.
+    """
+    _check_betas(beta1, beta2)
+    _check_T_k(None, k)
     dtype = _float_dtype(beta1, beta2)
     b1, b2, kk = jnp.asarray(beta1, dtype), jnp.asarray(beta2, dtype), jnp.asarray(k, dtype)
     return (b1 / jnp.sqrt(b2)) ** (kk + 1)
 
 
-def eps_factor(g_abs, beta2, T=None, k=0, eps=1e-8):
-    """Factor F_ε by which Adam's ε shrinks the overshoot: C^ε_{T,k} = F_ε · C_{T,k}.
+def eps_modulation(v_hat_before, v_hat_after, eps):
+    """Eq. (38): (√v̂_{T−1} + ε) / (√v̂_{T+k} + ε), from the actual second moments before and after the clip.
 
-    F_ε = (|g| + ε) / (|g| + ε/ρ_{T,k}),  ρ_{T,k} = √(β2^{k+1}(1 − β2^T)/(1 − β2^{T+k+1})).
-
-    C^ε_{T,k} is the ratio u_{T+k+1}/u_T of the overshoot step to the last gradient
-    step, both with the same ε. Since ρ ≤ 1, F_ε ≤ 1 (= 1 at ε = 0); the shrink is
-    1 − F_ε ≈ (ε/|g|)(1/ρ − 1) for ε ≪ |g|, i.e. negligible at LLM-scale ε = 1e-8
-    unless the gradient itself is tiny. ``T = None``/``jnp.inf`` gives ρ = β2^{(k+1)/2}.
-
-    Implements Eq. (38) of arXiv 2601.05002 (as derived in the module docstring).
+    With ε = 0 this is √(v̂_{T−1}/v̂_{T+k}), the second bracket of Eq. (36); with ε > 0
+    it replaces that bracket, so C^ε_{T,k} = ``first_moment_decay`` · E_38 exactly
+    (:func:`c_coefficient_eps`). Elementwise (one value per coordinate).
 
     Args:
-      g_abs: |g|, the magnitude of the constant gradient before the clip (> 0).
+      v_hat_before: v̂_{T−1} ≥ 0, the bias-corrected second moment at the last gradient step.
+      v_hat_after: v̂_{T+k} ≥ 0, the one at the zero-gradient step measured.
+      eps: Adam's ε ≥ 0 (optax's, outside the square root).
+
+    Returns:
+      E_38, broadcast over the arguments.
+
+    Raises:
+      ValueError: concrete negative or non-finite arguments, or v̂ = 0 with ε = 0 (0/0).
+    """
+    _check("v_hat_before", v_hat_before, lo=0.0)
+    _check("v_hat_after", v_hat_after, lo=0.0)
+    _check("eps", eps, lo=0.0)
+    e = _concrete(eps)
+    if e is not None and np.all(e == 0):
+        _check("v_hat_before (with eps = 0)", v_hat_before, lo=0.0, lo_open=True)
+        _check("v_hat_after (with eps = 0)", v_hat_after, lo=0.0, lo_open=True)
+    dtype = _float_dtype(v_hat_before, v_hat_after, eps)
+    vb, va, ep = (jnp.asarray(x, dtype) for x in (v_hat_before, v_hat_after, eps))
+    return (jnp.sqrt(vb) + ep) / (jnp.sqrt(va) + ep)
+
+
+def c_coefficient_eps(beta1, beta2, T, k=0, *, v_hat_before, eps):
+    """C^ε_{T,k} with Adam's ε, exact: ``first_moment_decay`` × Eq. (38), v̂_{T+k} from v̂_{T−1}.
+
+    C^ε_{T,k} = β1^{k+1} (1 − β1^{T−1})/(1 − β1^{T+k}) · (√v̂_{T−1} + ε)/(√v̂_{T+k} + ε),
+    v̂_{T+k} = ``second_moment_decay``(β2, T, k) · v̂_{T−1}.
+
+    Exact per coordinate for any gradient history before the clip (Eqs. 34, 35, 38):
+    pass the actual v̂_{T−1} (e.g. ``nu / (1 − β2^{T−1})`` of optax's state after the
+    last gradient step). With ε = 0 it equals :func:`c_coefficient`.
+
+    Raises:
+      ValueError: as :func:`c_coefficient` and :func:`eps_modulation`.
+    """
+    _check("v_hat_before", v_hat_before, lo=0.0)
+    decay = second_moment_decay(beta2, T, k)
+    v_after = decay * jnp.asarray(v_hat_before, decay.dtype)
+    return first_moment_decay(beta1, T, k) * eps_modulation(v_hat_before, v_after, eps)
+
+
+def eps_factor(g_abs, beta2, T=None, k=0, eps=1e-8):
+    """The constant-gradient shortcut of Eq. (38): F_ε = C^ε_{T,k}/C_{T,k} when √v̂_{T−1} = |g|.
+
+    F_ε = (|g| + ε) / (|g| + ε/ρ),  ρ = √``second_moment_decay``(β2, T, k) ≤ 1.
+
+    Exact only when every gradient before the clip had magnitude |g| (then
+    v̂_{T−1} = g²); for a varying history use :func:`c_coefficient_eps` with the
+    actual v̂_{T−1}. F_ε ≤ 1 (= 1 at ε = 0): ε shrinks the overshoot, by
+    ≈ (ε/|g|)(1/ρ − 1) for ε ≪ |g|.
+
+    Args:
+      g_abs: |g| > 0, the magnitude of the constant gradient before the clip.
       beta2: Adam's β2, in (0, 1).
-      T: constant-gradient steps, T ≥ 1, or ``None``/``jnp.inf``.
+      T: the step at which the gradient vanishes, T ≥ 2, or ``None``/``inf``.
       k: zero-gradient steps already taken, k ≥ 0.
-      eps: Adam's ε (optax's, added outside the square root), ≥ 0.
+      eps: Adam's ε ≥ 0 (optax's, outside the square root).
 
     Returns:
       F_ε, broadcast over all arguments.
+
+    Raises:
+      ValueError: concrete arguments out of range (|g| ≤ 0, ε < 0, and as :func:`c_coefficient`).
     """
+    _check("g_abs", g_abs, lo=0.0, lo_open=True)
+    _check("eps", eps, lo=0.0)
     dtype = _float_dtype(g_abs, beta2, eps)
-    g, b2, e = jnp.asarray(g_abs, dtype), jnp.asarray(beta2, dtype), jnp.asarray(eps, dtype)
-    rho = _v_decay(b2, _steps(T, dtype), jnp.asarray(k, dtype))
+    g, e = jnp.asarray(g_abs, dtype), jnp.asarray(eps, dtype)
+    rho = jnp.sqrt(second_moment_decay(jnp.asarray(beta2, dtype), T, k))
     return (g + e) / (g + e / rho)
 
 
 def total_overshoot(beta1, beta2, T=None, *, num_steps: int):
-    """Σ_{k=0}^{K−1} C_{T,k}: distance travelled in K zero-gradient steps, in units of the last step.
+    """Σ_{k=0}^{K−1} C_{T,k}: distance travelled in K zero-gradient steps, in units of the last gradient step.
 
-    With T → ∞ this is r(1 − r^K)/(1 − r), r = β1/√β2 (→ r/(1 − r) ≈ 12 last-steps
+    With T → ∞ this is r(1 − r^K)/(1 − r), r = β1/√β2 (→ r/(1 − r) ≈ 12 last steps
     for β1 = 0.9, β2 = 0.95 as K → ∞). Built on Eq. (36).
 
     Args:
-      beta1, beta2, T: as in ``c_coefficient`` (broadcast).
+      beta1, beta2, T: as in :func:`c_coefficient` (broadcast).
       num_steps: K ≥ 1, a static Python int.
 
     Returns:
       The sum, broadcast over beta1, beta2, T.
     """
-    if not isinstance(num_steps, int) or num_steps < 1:
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
         raise ValueError(f"num_steps must be a Python int >= 1, got {num_steps!r}")
+    _check_betas(beta1, beta2)
+    _check_T_k(T, 0)
     ks = jnp.arange(num_steps)
     return jax.vmap(lambda k: c_coefficient(beta1, beta2, T, k))(ks).sum(axis=0)
 
@@ -178,54 +347,190 @@ def total_overshoot(beta1, beta2, T=None, *, num_steps: int):
 
 
 class AdamAfterClip(NamedTuple):
-    """Result of ``simulate_adam_after_clip``.
+    """Result of :func:`simulate_adam_after_clip` / :func:`simulate_adam_history` (T − 1 gradient steps, then K zeros).
 
     Attributes:
-      updates: [T+K, *g.shape] optax Adam updates; rows 0..T-1 under gradient g,
-        rows T..T+K-1 under gradient 0.
-      c: [K, *g.shape] simulated C_{T,k} = u_{T+k+1}/u_T for k = 0..K-1.
+      updates: [T−1+K, ...] optax Adam updates u_1..u_{T−1+K}; rows 0..T−2 under the
+        gradients, rows T−1.. under gradient 0 (steps T..T+K−1, the paper's index).
+      c: [K, ...] simulated C^ε_{T,k} = u_{T+k}/u_{T−1}, k = 0..K−1 (Eq. 35, per coordinate).
+      v_hat: [T−1+K, ...] optax's bias-corrected second moment v̂_t after each step.
     """
 
     updates: jax.Array
     c: jax.Array
+    v_hat: jax.Array
 
 
-def _simulate_adam_after_clip(g, beta1, beta2, eps, lr, T, K):
-    g = jnp.asarray(g, _float_dtype(g))
+def _simulate_adam(grads, beta1, beta2, eps, lr, K):
+    n = grads.shape[0]  # T − 1 gradient steps
     opt = optax.adam(learning_rate=lr, b1=beta1, b2=beta2, eps=eps)
-    grads = jnp.where((jnp.arange(T + K) < T).reshape((-1,) + (1,) * g.ndim), g, jnp.zeros_like(g))
+    all_grads = jnp.concatenate([grads, jnp.zeros((K,) + grads.shape[1:], grads.dtype)])
 
     def step(state, grad):
         updates, state = opt.update(grad, state)
-        return state, updates
+        adam_state = state[0]
+        v_hat = adam_state.nu / (1 - jnp.asarray(beta2, grads.dtype) ** adam_state.count.astype(grads.dtype))
+        return state, (updates, v_hat)
 
-    _, updates = jax.lax.scan(step, opt.init(g), grads)
-    return AdamAfterClip(updates=updates, c=updates[T:] / updates[T - 1])
+    _, (updates, v_hat) = jax.lax.scan(step, opt.init(grads[0]), all_grads)
+    return AdamAfterClip(updates=updates, c=updates[n:] / updates[n - 1], v_hat=v_hat)
 
 
-_simulate_adam_after_clip_jit = jax.jit(_simulate_adam_after_clip, static_argnames=("T", "K"))
+_simulate_adam_jit = jax.jit(_simulate_adam, static_argnames=("K",))
+
+
+def _check_static(name: str, val, low: int) -> int:
+    if not isinstance(val, (int, np.integer)) or isinstance(val, bool) or val < low:
+        raise ValueError(f"{name} must be a static Python int >= {low}, got {val!r}")
+    return int(val)
+
+
+def _check_adam_args(beta1, beta2, eps, lr):
+    _check_betas(beta1, beta2)
+    _check("eps", eps, lo=0.0)
+    _check("lr", lr, lo=0.0, lo_open=True)
+
+
+def simulate_adam_history(grads, beta1, beta2, eps, K: int, lr=1.0) -> AdamAfterClip:
+    """Run the real ``optax.adam`` on a gradient history ``grads`` [T−1, ...], then K steps of gradient 0.
+
+    The zero gradient models the clipped branch of Eq. 1 from step T on (Prop. 7).
+    ``c`` equals :func:`c_coefficient_eps` with the simulated ``v_hat[T−2]`` (exactly,
+    for any history) and :func:`c_coefficient` when ε = 0.
+
+    Args:
+      grads: [T−1, ...] the gradients of steps 1..T−1 (T − 1 ≥ 1 rows; each trailing
+        coordinate is its own Adam).
+      beta1, beta2, eps, lr: Adam hyperparameters (traced: vmap over them freely).
+      K: zero-gradient steps, a static Python int ≥ 1.
+
+    Returns:
+      :class:`AdamAfterClip`.
+
+    Raises:
+      ValueError: ``grads`` without a step axis or with non-finite values, K < 1,
+        concrete hyperparameters out of range.
+    """
+    K = _check_static("K", K, 1)
+    _check_adam_args(beta1, beta2, eps, lr)
+    grads = jnp.asarray(grads, _float_dtype(grads))
+    if grads.ndim < 1 or grads.shape[0] < 1:
+        raise ValueError(f"grads must have shape [T-1, ...] with T-1 >= 1 gradient steps, got {grads.shape}")
+    a = _concrete(grads)
+    if a is not None and not np.all(np.isfinite(a)):
+        raise ValueError("grads must be finite")
+    return _simulate_adam_jit(grads, beta1, beta2, eps, lr, K=K)
 
 
 def simulate_adam_after_clip(g, beta1, beta2, eps, T: int, K: int, lr=1.0) -> AdamAfterClip:
-    """Run the real ``optax.adam`` for T steps of gradient g, then K steps of gradient 0.
+    """Run the real ``optax.adam`` for T − 1 steps of constant gradient g, then K steps of gradient 0.
 
-    The zero gradient models the clipped branch of Eq. 1 once the ratio has crossed
-    the clip boundary (Prop. 3). The simulated C_{T,k} equals ``c_coefficient``
-    (times ``eps_factor`` when ε > 0).
+    The paper's index (Appendix D): the gradient vanishes at step T. The simulated
+    C_{T,k} = u_{T+k}/u_{T−1} equals :func:`c_coefficient` (times :func:`eps_factor`
+    when ε > 0).
 
     Args:
       g: the constant gradient, scalar or any array (each coordinate is its own Adam).
       beta1, beta2, eps, lr: Adam hyperparameters (traced: vmap over them freely).
-      T: constant-gradient steps, a static Python int ≥ 1.
+      T: the step at which the gradient vanishes, a static Python int ≥ 2.
       K: zero-gradient steps, a static Python int ≥ 1.
 
     Returns:
-      ``AdamAfterClip(updates [T+K, ...], c [K, ...])``.
+      :class:`AdamAfterClip` (``updates`` [T−1+K, ...], ``c`` [K, ...]).
+
+    Raises:
+      ValueError: T < 2, K < 1, non-int T or K, concrete hyperparameters out of range.
     """
-    for name, val in (("T", T), ("K", K)):
-        if not isinstance(val, int) or val < 1:
-            raise ValueError(f"{name} must be a static Python int >= 1, got {val!r}")
-    return _simulate_adam_after_clip_jit(g, beta1, beta2, eps, lr, T=T, K=K)
+    T = _check_static("T", T, 2)
+    g = jnp.asarray(g, _float_dtype(g))
+    return simulate_adam_history(jnp.broadcast_to(g, (T - 1,) + g.shape), beta1, beta2, eps, K, lr)
+
+
+# ----------------------------------------------------------------------------- exact attribution of a step
+
+
+class UpdateSplit(NamedTuple):
+    """One optimizer step split by the source of each part (pytrees shaped like the parameters).
+
+    Attributes:
+      stale: the part driven by the momentum carried from earlier steps (β1 m_{t−1}).
+      fresh: the part driven by this step's gradient g_t.
+      precond: the per-coordinate factor both parts share (Adam: η/((1 − β1^t)(√v̂_t + ε)),
+        the preconditioner at step t, held fixed in the split).
+
+    ``stale + fresh`` is the optimizer's update exactly (to rounding).
+    """
+
+    stale: Any
+    fresh: Any
+    precond: Any
+
+
+def adam_update_split(grads, state: optax.ScaleByAdamState, *, b1, b2, eps, learning_rate) -> UpdateSplit:
+    """Split ``optax.adam``'s update at step t into its stale-momentum and fresh-gradient parts (Eq. 29).
+
+    u_t = −η (β1 m_{t−1} + (1 − β1) g_t) / ((1 − β1^t)(√v̂_t + ε)), v̂_t from g_t:
+
+        stale = −P_t β1 m_{t−1},   fresh = −P_t (1 − β1) g_t,   P_t = η / ((1 − β1^t)(√v̂_t + ε)).
+
+    P_t — the preconditioner of the step — is the same in both parts, so the split
+    is linear in (m_{t−1}, g_t) at fixed P_t. With g_t = 0 (every token clipped)
+    the whole step is ``stale``: the overshoot of Prop. 3.
+
+    Args:
+      grads: g_t (pytree).
+      state: the ``optax.ScaleByAdamState`` *before* the step (count t − 1, mu m_{t−1}, nu v_{t−1}).
+      b1, b2, eps, learning_rate: Adam's β1, β2, ε (eps_root 0) and η.
+
+    Returns:
+      :class:`UpdateSplit`.
+    """
+    t = state.count + 1
+    dtype = jax.tree.leaves(grads)[0].dtype
+    tf = t.astype(dtype)
+    b1, b2, lr = (jnp.asarray(x, dtype) for x in (b1, b2, learning_rate))
+    bc1, bc2 = 1 - b1**tf, 1 - b2**tf
+    nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, grads)
+    precond = jax.tree.map(lambda v: lr / (bc1 * (jnp.sqrt(v / bc2) + eps)), nu)
+    stale = jax.tree.map(lambda p, m: -p * b1 * m, precond, state.mu)
+    fresh = jax.tree.map(lambda p, g: -p * (1 - b1) * g, precond, grads)
+    return UpdateSplit(stale=stale, fresh=fresh, precond=precond)
+
+
+def momentum_update_split(grads, trace: optax.TraceState, *, decay, learning_rate) -> UpdateSplit:
+    """Split SGD with momentum (``optax.sgd(η, momentum=β)``: m_t = g_t + β m_{t−1}, u = −η m_t).
+
+    stale = −η β m_{t−1}, fresh = −η g_t, precond = η.
+    """
+    dtype = jax.tree.leaves(grads)[0].dtype
+    beta, lr = jnp.asarray(decay, dtype), jnp.asarray(learning_rate, dtype)
+    stale = jax.tree.map(lambda m: -lr * beta * m, trace.trace)
+    fresh = jax.tree.map(lambda g: -lr * g, grads)
+    return UpdateSplit(stale=stale, fresh=fresh, precond=jax.tree.map(lambda g: jnp.full_like(g, lr), grads))
+
+
+def log_ratio_jvps(logp_fn: Callable[[Any], jax.Array], params, tangents: tuple) -> tuple[jax.Array, ...]:
+    """First-order change of every token's log-probability along each tangent: (J·u_1, J·u_2, ...).
+
+    J = ∂ logp / ∂θ at ``params`` (one linearisation serves every tangent). With the
+    parts of an :class:`UpdateSplit` as tangents this splits a step's change of each
+    token's log-ratio log π/π_old (π_old fixed) into its stale-momentum and
+    fresh-gradient parts; the remainder logp(θ + u) − logp(θ) − J·u is the
+    linearisation residual.
+
+    Args:
+      logp_fn: ``params -> logp`` (any shape, e.g. [B, G, T]).
+      params: the point of linearisation.
+      tangents: pytrees shaped like ``params``.
+
+    Returns:
+      A tuple of arrays shaped like ``logp``, one per tangent.
+    """
+    _, jvp = jax.linearize(logp_fn, params)
+    return tuple(jvp(t) for t in tangents)
+
+
+# ----------------------------------------------------------------------------- μ inner steps
 
 
 class InnerTrajectory(NamedTuple):

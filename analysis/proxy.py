@@ -29,7 +29,13 @@ sg[clip(1)] = 1, or min(1, cap) with TRL's absolute cap).
 
 :func:`surrogate_vs_improvement` measures the consequence over a training run:
 the correlation between the surrogate value at a step and the change of mean
-reward that the step produced.
+reward that the step produced (a pooled time series: both series trend with
+training, so prefer a cross-sectional test at a fixed θ_old, as
+``experiments.loss_proxy`` does).
+
+:func:`snis_gain` is a progress monitor that does work: a held-out,
+self-normalised importance-sampling estimate of the expected-reward change
+E_{π_θ}[r] − E_{π_old}[r] of an update (beyond the paper).
 
 Note:
   Ω_i is computed here in closed form from the method's weights
@@ -57,10 +63,12 @@ from jgrpo.weights import policy_weights
 __all__ = [
     "FirstStep",
     "ProxyStats",
+    "SnisGain",
     "advantage_weight_covariance",
     "cumulative_weights",
     "effective_weights",
     "first_step_objective",
+    "snis_gain",
     "surrogate_vs_improvement",
 ]
 
@@ -93,7 +101,6 @@ def _first_step_factor(spec: MethodSpec, advantages, logp_old, mask):
     if obj == Objective.CISPO and spec.cispo_clip == CispoClip.UPPER_CAP:
         return min(1.0, spec.eps_high) * logp  # sg[min(1, cap)] log pi
     return logp  # gpg: log pi; cispo: sg[clip(1, 1-eps_low, 1+eps_high)] = 1 times log pi
-    return logp  # LOGP (gpg): s = log pi
 
 
 def effective_weights(spec: MethodSpec, batch: jgrpo.GroupBatch):
@@ -275,3 +282,131 @@ def surrogate_vs_improvement(values, rewards, *, lag: int = 1) -> ProxyStats:
         raise ValueError(f"need at least 3 (value, improvement) pairs: N - lag = {v.shape[-1]} - {lag} = {n}")
     pearson, spearman = _stats(v.astype(dtype), r.astype(dtype), lag)
     return ProxyStats(pearson=pearson, spearman=spearman, n=n)
+
+
+# ----------------------------------------------------------------------------- a progress monitor that works
+
+
+class SnisGain(NamedTuple):
+    """Held-out importance-sampling estimate of an update's reward gain (see :func:`snis_gain`).
+
+    Attributes:
+      gain: ``[...]`` the estimate of E_{π_θ}[r] − E_{π_old}[r].
+      reward_new: ``[...]`` the (self-normalised) estimate of E_{π_θ}[r].
+      reward_old: ``[...]`` mean_j r_j, the plain estimate of E_{π_old}[r].
+      ess: ``[...]`` effective sample size (Σ_j w_j)² / Σ_j w_j², in [1, N]; far below N
+        means a few completions carry the estimate and it is unreliable.
+      log_weights: ``[..., N]`` log w_j = Σ_t m_{j,t} (logp_{j,t} − logp_old_{j,t}).
+    """
+
+    gain: jax.Array
+    reward_new: jax.Array
+    reward_old: jax.Array
+    ess: jax.Array
+    log_weights: jax.Array
+
+
+_LOGP_SLACK = 16 * float(np.finfo(np.float32).eps)  # a log-softmax may round a hair above 0
+
+
+def _check_snis(logp, logp_old, rewards, mask) -> None:
+    shapes = {n: tuple(np.shape(x)) for n, x in (("logp", logp), ("logp_old", logp_old), ("mask", mask))}
+    if len(shapes["mask"]) < 2:
+        raise ValueError(f"mask must have shape [..., N, T] (rank >= 2), got {shapes['mask']}")
+    for name in ("logp", "logp_old"):
+        if shapes[name] != shapes["mask"]:
+            raise ValueError(f"{name} must have the shape of mask [..., N, T] = {shapes['mask']}, got {shapes[name]}")
+    if tuple(np.shape(rewards)) != shapes["mask"][:-1]:
+        raise ValueError(
+            f"rewards must have shape [..., N] = {shapes['mask'][:-1]} (mask without T), got {tuple(np.shape(rewards))}"
+        )
+    if shapes["mask"][-2] < 1:
+        raise ValueError(f"need at least one held-out completion (N >= 1), got mask shape {shapes['mask']}")
+    for name, x in (("logp", logp), ("logp_old", logp_old)):
+        if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+            raise TypeError(f"{name} must be a float array, got dtype {jnp.result_type(x)}")
+    concrete = not any(isinstance(x, jax.core.Tracer) for x in (logp, logp_old, rewards, mask))
+    if not concrete:
+        return
+    m = np.asarray(mask)
+    if not np.all((m == 0) | (m == 1)):
+        raise ValueError(f"mask must hold 0/1 values, got values {np.unique(m)[:5]}")
+    for name, x in (("logp", logp), ("logp_old", logp_old)):
+        v = np.asarray(x)[m > 0]
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"{name} must be finite on completion tokens (mask 1), got {v[~np.isfinite(v)][:3]}")
+        if np.any(v > _LOGP_SLACK):
+            raise ValueError(f"{name} must be log-probabilities (<= 0) on completion tokens, got max {v.max():.3g}")
+    if not np.all(np.isfinite(np.asarray(rewards))):
+        raise ValueError("rewards must be finite")
+
+
+@functools.partial(jax.jit, static_argnames="normalize")
+def _snis(logp, logp_old, rewards, mask, normalize):
+    dtype = jnp.promote_types(jnp.result_type(logp, logp_old, rewards), jnp.float32)
+    on = mask > 0
+    log_w = jnp.sum(jnp.where(on, logp.astype(dtype) - logp_old.astype(dtype), 0.0), axis=-1)  # [..., N]
+    r = rewards.astype(dtype)
+    reward_old = jnp.mean(r, axis=-1)
+    w_norm = jax.nn.softmax(log_w, axis=-1)  # w_j / Σ_k w_k, stable for large |log w|
+    if normalize:  # Σ_j (w_j/Σw − 1/N) r_j: the difference first, so that θ = θ_old gives exactly 0
+        gain = jnp.sum((w_norm - 1.0 / r.shape[-1]) * r, axis=-1)
+    else:
+        gain = jnp.mean(jnp.expm1(log_w) * r, axis=-1)
+    ess = 1.0 / jnp.sum(w_norm * w_norm, axis=-1)
+    return SnisGain(gain=gain, reward_new=reward_old + gain, reward_old=reward_old, ess=ess, log_weights=log_w)
+
+
+def snis_gain(logp, logp_old, rewards, mask, *, normalize: bool = True) -> SnisGain:
+    """Held-out self-normalised importance-sampling (SNIS) estimate of the reward gain of an update.
+
+    With N fresh held-out completions o_j ~ π_old (not the batch the update was
+    trained on), rewards r_j and sequence weights w_j = π_θ(o_j)/π_old(o_j) =
+    exp Σ_t m_{j,t}(log π_θ − log π_old)(y_{j,t}):
+
+        ĝ = Σ_j w_j r_j / Σ_j w_j − (1/N) Σ_j r_j  ≈  ΔE = E_{π_θ}[r] − E_{π_old}[r].
+
+    Unlike the surrogate J of Eq. 1 (Prop. 4: at the first inner step its value is
+    −βR or a length/weight covariance, Eqs. 8–11), ĝ estimates the quantity a
+    practitioner wants to monitor. Beyond the paper.
+
+    Bias and variance (delta method, N i.i.d. held-out completions, μ_θ = E_θ[r]):
+
+    - consistent; bias O(1/N): E[ĝ] − ΔE ≈ −E_old[w²(r − μ_θ)]/N. Exactly 0 at
+      θ = θ_old (every w_j = 1, ĝ = 0 for any sample).
+    - variance ≈ Var_old[w (r − μ_θ) − (r − μ_old)]/N. The baseline uses the same
+      completions, so the error shrinks with the size of the update (w → 1);
+      comparing two independent sample means would have variance 2 Var(r)/N
+      however small the update.
+    - invariant to a shift of the rewards (Σ_j (w_j/Σw − 1/N) = 0); needs
+      π_old > 0 wherever π_θ > 0 (softmax policies: always).
+    - ``ess`` = (Σw)²/Σw² diagnoses weight degeneracy (long completions, large
+      updates): when ess ≪ N the estimate rests on a few completions.
+
+    With ``normalize=False`` the first term is the plain IS estimate (1/N) Σ_j w_j r_j:
+    unbiased, not shift invariant, larger variance (Var_old[w r − r]/N).
+
+    Mask-aware: padding (mask 0) never enters log w (NaN or inf there is ignored);
+    an empty completion has w = 1.
+
+    Args:
+      logp: ``[..., N, T]`` log π_θ of the held-out tokens under the updated policy.
+      logp_old: ``[..., N, T]`` log π_old of the same tokens (the sampling policy).
+      rewards: ``[..., N]`` reward of each held-out completion.
+      mask: ``[..., N, T]`` 1 on completion tokens, 0 on padding.
+      normalize: True (default): self-normalised; False: plain IS (static).
+
+    Returns:
+      :class:`SnisGain`, float32 (float64 for float64 inputs).
+
+    Raises:
+      ValueError: shapes that do not match, rank < 2, N = 0; and, for concrete
+        inputs (not under ``jit``), a mask other than 0/1, non-finite or positive
+        log-probabilities on completion tokens, or non-finite rewards.
+      TypeError: integer log-probabilities.
+    """
+    if not isinstance(normalize, bool):
+        raise ValueError(f"normalize must be a bool, got {normalize!r}")
+    logp, logp_old, rewards, mask = (jnp.asarray(x) for x in (logp, logp_old, rewards, mask))
+    _check_snis(logp, logp_old, rewards, mask)
+    return _snis(logp, logp_old, rewards, mask, normalize)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m experiments list | run NAME|all | bench | readme`` (``--help`` for the options)."""
+"""Command line: ``python -m experiments list | run NAME|all | bench | bench-readme | readme`` (``--help``: options)."""
 
 from __future__ import annotations
 
@@ -17,17 +17,45 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the experiments")
-    run = sub.add_parser("run", help="run one experiment or all")
-    run.add_argument("name", help="an experiment name (see `list`) or 'all'")
+    names = ", ".join(REGISTRY)
+    run = sub.add_parser(
+        "run",
+        help="run one experiment or all",
+        description=f"Run one experiment or all. Experiments: {names}.",
+        epilog="\n".join(f"  {n:16s} {DESCRIPTIONS[n]}" for n in REGISTRY),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("name", help=f"an experiment name ({names}) or 'all'")
     run.add_argument("--scale", default="quick", choices=["quick", "paper"], help="quick: CPU minutes; paper: GPU/TPU")
-    run.add_argument("--out", default="results", help="output folder (default: results)")
+    run.add_argument(
+        "--out",
+        default="results",
+        help="output folder (default: results); each experiment writes its own sub-folder <out>/<name>/ "
+        "(result.json, table.md, figure) and <out>/report.md collects every experiment found there",
+    )
     run.add_argument("--seed", type=int, default=0, help="base random seed (default 0)")
     run.add_argument(
         "--devices", type=int, default=None, help="on CPU: number of virtual devices for the data-parallel mesh"
     )
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip experiments that already have a complete result.json of the same scale and seed in --out "
+        "(a killed 'run all' continues where it stopped)",
+    )
     bench = sub.add_parser("bench", help="run the benchmarks (ratios side by side) and write bench.json")
     bench.add_argument("--out", default="results", help="output folder (default: results)")
     bench.add_argument("--quick", action="store_true", help="smaller sizes and fewer repetitions")
+    bench_readme = sub.add_parser(
+        "bench-readme", help="regenerate the README's performance section from bench.json files"
+    )
+    bench_readme.add_argument(
+        "--bench",
+        action="append",
+        default=None,
+        help="a bench.json written by 'bench' (default: docs/bench.json); repeat it for one column per run",
+    )
+    bench_readme.add_argument("--readme", default="README.md", help="the README to update (default: README.md)")
     readme = sub.add_parser("readme", help="regenerate the README's results section from saved results")
     readme.add_argument("--results", default="docs/results", help="results folder (default: docs/results)")
     readme.add_argument("--readme", default="README.md", help="the README to update (default: README.md)")
@@ -58,14 +86,40 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"{args.readme}: {'updated' if changed else 'unchanged'} from {args.results}")
         return 0
+    if args.command == "bench-readme":
+        from experiments.bench import readme as bench_readme
+
+        benches = [Path(p) for p in (args.bench or ["docs/bench.json"])]
+        for path in benches:
+            try:
+                bench_readme.load_bench(path)
+            except ValueError as e:
+                print(f"error: --bench {e}", file=sys.stderr)
+                return 2
+        try:
+            changed = bench_readme.update_readme(Path(args.readme), benches)
+        except (OSError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"{args.readme}: {'updated' if changed else 'unchanged'} from {', '.join(map(str, benches))}")
+        return 0
     if args.command == "bench":
         from experiments import bench
 
+        problem = _check_out(Path(args.out))
+        if problem:
+            print(f"error: --out {args.out}: {problem}", file=sys.stderr)
+            return 2
         return bench.main(out=Path(args.out), quick=args.quick)
     names = list(REGISTRY) if args.name == "all" else [args.name]
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
         print(f"error: unknown experiment {unknown[0]!r}; known: {', '.join(REGISTRY)}, all", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    problem = _check_out(out)
+    if problem:
+        print(f"error: --out {out}: {problem}", file=sys.stderr)
         return 2
     if args.devices is not None:
         if args.devices < 1:
@@ -79,7 +133,6 @@ def main(argv: list[str] | None = None) -> int:
     from experiments.common import Context
     from experiments.report import write_report
 
-    out = Path(args.out)
     outcomes, failures, timings = [], [], {}
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -93,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
                 progress.update(task, completed=min(max(frac, 0.0), 1.0), msg=msg)
 
             ctx = Context(scale=args.scale, out=out / name, seed=args.seed, progress=report)
+            if args.resume and _complete(ctx):
+                report(1.0, "done earlier (--resume)")
+                continue
             t0 = time.perf_counter()
             try:
                 outcomes.append(_resolve(name)(ctx))
@@ -106,6 +162,30 @@ def main(argv: list[str] | None = None) -> int:
     _summary(outcomes, timings, failures)
     print(f"report: {out / 'report.md'}")
     return 1 if failures else 0
+
+
+def _check_out(out: Path) -> str | None:
+    """Why ``out`` cannot hold the results (None when it can), checked before any compute."""
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                return f"{p} exists and is not a folder"
+            if not os.access(p, os.W_OK | os.X_OK):
+                return f"{p} is not writable"
+            return None
+    return None
+
+
+def _complete(ctx) -> bool:
+    """True when ``ctx.out`` holds a complete result of the same scale and seed."""
+    import json
+
+    path = ctx.out / "result.json"
+    try:
+        res = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return res.get("scale") == ctx.scale and res.get("seed") == ctx.seed and (ctx.out / "table.md").exists()
 
 
 def _summary(outcomes, timings, failures) -> None:

@@ -149,6 +149,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode (0644 under umask 022)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -158,6 +159,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -262,7 +269,7 @@ def claims_table(claims, *, experiment: str | None = None) -> str:
         c = c if isinstance(c, Claim) else Claim(**c)
         measured = c.measured
         if c.ci is not None:
-            measured += f"; 95% CI [{c.ci[0]:.3g}, {c.ci[1]:.3g}]"
+            measured += f"; 95% CI [{float(c.ci[0]):.3g}, {float(c.ci[1]):.3g}]"  # JSON keeps nan/inf as strings
         if c.seeds is not None:
             measured += f", {c.seeds} seeds"
         verdict_ = c.verdict if c.verdict != "not reproduced" else "**not reproduced**"

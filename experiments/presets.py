@@ -16,27 +16,39 @@ def sample_batch(seed: int):
     lengths = np.array([[6, 3, 5, 0], [2, 6, 4, 6]])
     mask = (np.arange(6)[None, None] < lengths[..., None]).astype(np.float32)
     logp_old = -rng.uniform(0.2, 2.5, size=(2, 4, 6)).astype(np.float32)
-    logp = (logp_old + 0.25 * rng.normal(size=logp_old.shape)).astype(np.float32)
+    logp = (-np.abs(logp_old + 0.25 * rng.normal(size=logp_old.shape))).astype(np.float32)  # log-probs <= 0
     tokens = np.where(mask > 0, rng.integers(1, 4, size=(2, 4, 6)), 0).astype(np.int32)
     tokens[:, :, 0] = 1  # a first token shared by the whole group
     batch = jgrpo.GroupBatch(
         mask=mask,
         logp_old=logp_old,
         rewards=np.array([[1.0, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]], np.float32),
-        logp_ref=(logp_old + 0.1 * rng.normal(size=logp_old.shape)).astype(np.float32),
+        logp_ref=(-np.abs(logp_old + 0.1 * rng.normal(size=logp_old.shape))).astype(np.float32),
         tokens=tokens,
         entropy=rng.uniform(0.1, 1.5, size=(2, 4, 6)).astype(np.float32),
     )
     return batch, logp
 
 
+# Documented options beside the presets: the other reading of a paper preset, and TRL's options.
+VARIANTS = (
+    ("gcpo", "paper", (("sequence_terms", "once"),)),
+    ("cppo", "paper", (("prune_on", "standardised"),)),
+    ("grpo", "trl", (("ratio_level", "sequence"),)),
+    ("dapo", "trl", (("objective", "vespo"),)),
+    ("grpo", "trl", (("top_entropy_quantile", 0.2),)),
+    ("grpo", "trl", (("entropy_coef", 0.01),)),
+)
+
+
 def run(ctx: Context):
     batch, logp = sample_batch(ctx.seed)
     loss_jit = jax.jit(jgrpo.loss, static_argnums=0)
     rows, result = [], {}
-    pairs = [(n, f) for n in jgrpo.methods.names() for f in jgrpo.methods.flavors(n)]
-    for k, (name, flavor) in enumerate(pairs):
-        spec = jgrpo.methods.get(name, flavor=flavor)
+    pairs = [(n, f, ()) for n in jgrpo.methods.names() for f in jgrpo.methods.flavors(n)] + list(VARIANTS)
+    for k, (name, flavor, overrides) in enumerate(pairs):
+        spec = jgrpo.methods.get(name, flavor=flavor, **dict(overrides))
+        label = name + "".join(f", {key}={value}" for key, value in overrides)
         value, aux = loss_jit(spec, logp, batch)
         grad = jax.grad(lambda lp, spec=spec: jgrpo.loss(spec, lp, batch)[0])(jnp.asarray(logp))
         rec = {
@@ -48,10 +60,10 @@ def run(ctx: Context):
             "kl": float(aux["kl"]),
             "omega": np.asarray(aux["omega"]).tolist(),
         }
-        result[f"{name}/{flavor}"] = rec
+        result[f"{label}/{flavor}"] = rec
         rows.append(
             (
-                name,
+                label,
                 flavor,
                 rec["loss"],
                 rec["grad_norm"],
@@ -61,7 +73,7 @@ def run(ctx: Context):
                 rec["kl"],
             )
         )
-        ctx.progress((k + 1) / len(pairs), f"{name}/{flavor}")
+        ctx.progress((k + 1) / len(pairs), f"{label}/{flavor}")
     table = markdown_table(
         ["method", "flavor", "loss = -J", "|dloss/dlogp|", "clip high", "clip low", "ratio mean", "kl"], rows
     )

@@ -68,14 +68,37 @@ def render(results: Path, *, link_root: Path) -> str:
 def update_readme(readme: Path, results: Path) -> bool:
     """Rewrites the marked section of ``readme`` in place (atomically); True if it changed."""
     readme = Path(readme)
-    text = readme.read_text()
-    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        raise ValueError(f"{readme} must contain one {BEGIN} ... {END} section")
-    head, rest = text.split(BEGIN)
-    _, tail = rest.split(END)
-    new = head + BEGIN + "\n" + render(results, link_root=readme.parent) + END + tail
+    check_markers(readme, BEGIN, END)
+    return replace_section(readme, BEGIN, END, render(results, link_root=readme.parent))
+
+
+def check_markers(readme: Path, begin: str, end: str) -> str:
+    """The text of ``readme``, checked to hold exactly one ``begin`` ... ``end`` pair in that order.
+
+    Raises:
+      ValueError: the markers are missing, repeated or out of order.
+    """
+    text = Path(readme).read_text()
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ValueError(f"{readme} must contain one {begin} ... {end} section")
+    return text
+
+
+def replace_section(readme: Path, begin: str, end: str, body: str) -> bool:
+    """Replaces what lies between the markers ``begin`` and ``end`` of ``readme`` by ``body``, atomically.
+
+    Returns:
+      True if the file changed.
+
+    Raises:
+      ValueError: the markers are missing, repeated or out of order (see :func:`check_markers`).
+    """
+    text = check_markers(readme, begin, end)
+    head, rest = text.split(begin)
+    _, tail = rest.split(end)
+    new = head + begin + "\n" + body + end + tail
     if new != text:
-        write_text(readme, new)
+        write_text(Path(readme), new)
     return new != text
 
 

@@ -8,7 +8,7 @@ Table-1 methods as presets.
 from jgrpo import methods, optim, policies, sampling
 from jgrpo.batch import GroupBatch
 from jgrpo.methods import MethodSpec
-from jgrpo.objective import Terms, advantages, loss, terms
+from jgrpo.objective import Terms, advantages, checked_loss, loss, terms
 from jgrpo.policies import TabularPolicy, TransformerConfig, make_transformer, nnx_logprob_fn
 from jgrpo.sampling import Samples, sample
 
@@ -20,6 +20,7 @@ __all__ = [
     "Terms",
     "TransformerConfig",
     "advantages",
+    "checked_loss",
     "loss",
     "make_transformer",
     "methods",

@@ -1,36 +1,44 @@
 """Momentum-aware clipping as optax transforms (the future work of arXiv 2601.05002, Limitations).
 
 Prop. 3 / Prop. 7 (``analysis.overshoot``): once a token's ratio crosses the clip
-boundary its advantage gradient is exactly 0, yet Adam keeps stepping by
-C_{T,k} ≈ (β1/√β2)^{k+1} of its last step. Three remedies, each an optax
+boundary its advantage gradient is exactly 0 (Eq. 28), yet Adam keeps stepping by
+C_{T,k} ≈ (β1/√β2)^{k+1} of its last step (Eqs. 29-37). Remedies, each an optax
 transform that composes with ``optax.chain`` and ``optax.inject_hyperparams``:
 
+- ``project_clipped``: remove from each update the component that moves the
+  clipped tokens further out (a JVP and a VJP of ``ratio_fn`` on the clipped set).
+- ``scale_by_clip_gated_adam``: Adam that drops, before each step, the stale
+  momentum coordinates that push the clipped set outward (the strong gate; per
+  parameter or global).
+- ``trust_region_guard``: halve the final update while it would move ratios out
+  of [1 − ε_low, 1 + ε_up] in the advantage-favoured direction (zero escape by
+  construction, paid for in progress).
 - ``scale_by_adam_with_reset`` / ``reset_on_new_batch``: start every batch with a
   fresh optimizer state (Asadi et al. 2023) or a fresh step count only (Adam-Rel,
   Ellis et al. 2024). Extra arg ``new_batch``.
-- ``scale_by_gated_adam``: Adam whose stale momentum is gated by the clip fraction,
-  m_{t−1} ← (1 − c_t) m_{t−1}. Extra args ``clip_fraction`` / ``all_clipped``.
-- ``trust_region_guard``: halve the final update while it would move ratios out
-  of [1 − ε_low, 1 + ε_up] in the advantage-favoured direction. Needs a callable
-  ``ratio_fn(params) -> (ratio, advantages[, mask])``.
+- ``scale_by_gated_adam``: Adam whose stale momentum is scaled by a caller-given
+  scalar, m_{t−1} ← (1 − c_t) m_{t−1}. With c_t the global clip fraction the gate
+  is ≈ 1 whenever few tokens are clipped (≥ 0.98 in the overshoot experiment):
+  kept for ``jgrpo.train``; the strong gate above is the working version.
+
+The clipped set C is {A > 0, s > 1 + ε_up} ∪ {A < 0, s < 1 − ε_low}, read from a
+callable ``ratio_fn(params) -> (ratio, advantages[, mask])`` (``clipped_weights``).
+With C empty the projection, the strong gate and the guard are exactly Adam.
 
 Extra args are passed to ``update`` as keywords (``optax.GradientTransformationExtraArgs``);
 ``optax.chain`` forwards them to every member, and each transform here ignores the
-ones it does not use. Omitted, they default to "no new batch", "nothing clipped":
-each transform then behaves as plain Adam / identity.
+ones it does not use.
 
 Example::
 
     from jgrpo import optim
 
     opt = optax.chain(
-        optim.scale_by_gated_adam(b1=0.9, b2=0.95),
-        optax.add_decayed_weights(0.01),
+        optim.scale_by_clip_gated_adam(b1=0.9, b2=0.95, eps_low=0.2, eps_high=0.28),
         optax.scale_by_learning_rate(1e-6),
-        optim.trust_region_guard(eps_low=0.2, eps_high=0.28),
+        optim.project_clipped(eps_low=0.2, eps_high=0.28),
     )
-    updates, state = opt.update(grads, state, params,
-                                clip_fraction=aux["clip_frac"], ratio_fn=ratio_fn)
+    updates, state = opt.update(grads, state, params, ratio_fn=ratio_fn)
 """
 
 from __future__ import annotations
@@ -43,13 +51,19 @@ import jax.numpy as jnp
 import optax
 
 __all__ = [
+    "ClipGatedAdamState",
     "GatedAdamState",
+    "ProjectionState",
     "ResetState",
     "TrustRegionGuardState",
     "adam_with_reset",
+    "clip_gated_adam",
+    "clipped_weights",
     "gated_adam",
+    "project_clipped",
     "reset_on_new_batch",
     "scale_by_adam_with_reset",
+    "scale_by_clip_gated_adam",
     "scale_by_gated_adam",
     "trust_region_guard",
     "violation",
@@ -248,9 +262,11 @@ def scale_by_gated_adam(
       ``GradientTransformationExtraArgs`` with state ``GatedAdamState``.
 
     Note:
-      The gate acts on the whole first moment (one scalar per step). A per-token
-      clip fraction does not map to parameters; the scalar is the fraction that
-      the caller's objective reports (e.g. ``aux["clip_frac"]`` of ``jgrpo.loss``).
+      The gate acts on the whole first moment (one scalar per step). With the
+      global clip fraction of ``jgrpo.loss`` as c_t it is ≥ 1 − c_t ≈ 0.98 whenever a
+      few percent of the tokens are clipped, so it barely changes Adam (measured in
+      the overshoot experiment of an earlier version). ``scale_by_clip_gated_adam``
+      gates exactly the momentum coordinates that push the clipped tokens outward.
     """
     _check_adam(b1, b2, eps, eps_root)
     adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype)
@@ -428,3 +444,329 @@ def trust_region_guard(
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# ----------------------------------------------------------------------------- clipped set, outward direction
+
+
+def clipped_weights(ratio, advantages, mask=None, *, eps_low, eps_high):
+    """w_j = sign(A_j) on the tokens beyond the bound in the advantage-favoured direction, 0 elsewhere.
+
+    The clipped set C = {A > 0, s > 1 + ε_up} ∪ {A < 0, s < 1 − ε_low} (where Eq. 1's
+    clipped branch is active and the advantage gradient is 0). Moving a token of C
+    "further out" means increasing z_j = sign(A_j)·s_j, so Σ_j w_j ∇s_j is the
+    aggregate outward direction of C.
+
+    Returns:
+      float32 array shaped like ``ratio``.
+    """
+    ratio = jnp.asarray(ratio, jnp.float32)
+    adv = jnp.broadcast_to(jnp.asarray(advantages, jnp.float32), ratio.shape)
+    beyond = ((adv > 0) & (ratio > 1.0 + eps_high)) | ((adv < 0) & (ratio < 1.0 - eps_low))
+    if mask is not None:
+        beyond &= jnp.broadcast_to(jnp.asarray(mask), ratio.shape).astype(bool)
+    return jnp.where(beyond, jnp.sign(adv), 0.0)
+
+
+def _unpack_ratio_fn(fn, params):
+    out = fn(params)
+    if not isinstance(out, tuple) or len(out) not in (2, 3):
+        raise ValueError(f"ratio_fn must return (ratio, advantages[, mask]), got {type(out).__name__}")
+    ratio, adv = out[0], out[1]
+    mask = out[2] if len(out) == 3 else None
+    return ratio, adv, mask
+
+
+def _linear_ratio_maps(fn, params, *, eps_low, eps_high):
+    """(w, jvp, vjp) at ``params``: clipped weights, u ↦ (∂s/∂θ)·u and c ↦ (∂s/∂θ)ᵀc, one linearisation."""
+
+    def ratio_only(p):
+        return jnp.asarray(_unpack_ratio_fn(fn, p)[0], jnp.float32)
+
+    ratio, adv, mask = _unpack_ratio_fn(fn, params)
+    w = jax.lax.stop_gradient(clipped_weights(ratio, adv, mask, eps_low=eps_low, eps_high=eps_high))
+    _, jvp = jax.linearize(ratio_only, params)
+    transpose = jax.linear_transpose(jvp, params)
+    return w, jvp, lambda c: transpose(c)[0]
+
+
+def _tree_vdot(a, b):
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def _remove(u, d, coef):
+    """u − coef·d leaf by leaf; u itself (bit for bit) where coef is 0."""
+    return jax.tree.map(lambda x, y: jnp.where(coef > 0, x - (coef * y).astype(x.dtype), x), u, d)
+
+
+def _resolve_ratio_fn(default, given, params, who):
+    fn = default if given is None else given
+    if fn is None:
+        raise ValueError(f"{who} needs ratio_fn (at construction or as the extra arg ratio_fn)")
+    if params is None:
+        raise ValueError(f"{who} needs params: call update(updates, state, params, ...)")
+    return fn
+
+
+def _check_eps_pair(eps_low, eps_high):
+    _check_range("eps_low", eps_low, 0.0, float("inf"))
+    _check_range("eps_high", eps_high, 0.0, float("inf"))
+
+
+# ----------------------------------------------------------------------------- projection
+
+
+class ProjectionState(NamedTuple):
+    """State of ``project_clipped``: diagnostics of the last update only.
+
+    Attributes:
+      num_clipped: int32 [], tokens in the clipped set C at the last update.
+      outward_before: float32 [], Σ_{j∈C} max(0, δz_j) of the update received (first order).
+      outward_after: float32 [], the same for the update returned.
+      removed: float32 [], ‖u − u_returned‖ / ‖u‖ (0 when nothing was projected).
+      num_projected: int32 [], updates (so far) from which a component was removed.
+    """
+
+    num_clipped: jax.Array
+    outward_before: jax.Array
+    outward_after: jax.Array
+    removed: jax.Array
+    num_projected: jax.Array
+
+
+def project_clipped(
+    ratio_fn: RatioFn | None = None, *, eps_low=0.2, eps_high=0.2, rounds: int = 1
+) -> optax.GradientTransformationExtraArgs:
+    """Remove from the update the component that moves clipped tokens further out of the clip region.
+
+    Prop. 3 / Eq. 29: once a token is in the clipped set C (beyond 1 + ε_up with A > 0,
+    below 1 − ε_low with A < 0) its advantage gradient is 0, but Adam's step u still
+    moves it. With z_j = sign(A_j)·s_j and J = ∂s/∂θ at the current parameters, the
+    first-order outward motion of token j is δz_j = sign(A_j)(J u)_j. Each round
+
+        a_j = 1{j ∈ C, δz_j > 0},   d = Jᵀ(a ⊙ sign(A)) = Σ_j a_j ∇z_j,
+        u ← u − (⟨d, u⟩ / ‖d‖²) d     (⟨d, u⟩ = Σ_j a_j δz_j > 0),
+
+    projects u onto the half-space where the tokens that were moving out no longer
+    move out in aggregate. One round removes the aggregate outward direction; more
+    rounds repeat it on the tokens still moving out (each round: one JVP and one VJP
+    of ``ratio_fn``, one linearisation for all). With C empty, or no clipped token
+    moving out, the update is returned unchanged (bit for bit): the transform is
+    exactly the identity, so ``chain(adam, lr, project_clipped)`` is exactly Adam.
+
+    Place it **after** ``scale_by_learning_rate`` (it must see the actual parameter
+    step) and pass ``params``. Adam's moments are not touched: the stale momentum is
+    removed from each step, not from the state (see ``scale_by_clip_gated_adam``).
+
+    Args:
+      ratio_fn: ``params -> (ratio, advantages[, mask])`` as for ``trust_region_guard``;
+        usually passed per step as the extra arg ``ratio_fn``.
+      eps_low, eps_high: clip widths ε_low, ε_up (≥ 0).
+      rounds: projection rounds, a static int ≥ 1.
+
+    Extra args:
+      ratio_fn: overrides the factory's ``ratio_fn`` for this step.
+
+    Returns:
+      ``GradientTransformationExtraArgs`` with state :class:`ProjectionState`.
+
+    Raises:
+      ValueError: bad hyperparameters; at update time, no ``params`` or no ``ratio_fn``.
+    """
+    _check_eps_pair(eps_low, eps_high)
+    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
+        raise ValueError(f"rounds must be a static Python int >= 1, got {rounds!r}")
+    default_ratio_fn = ratio_fn
+
+    def init_fn(params):
+        del params
+        zi, zf = jnp.zeros([], jnp.int32), jnp.zeros([], jnp.float32)
+        return ProjectionState(zi, zf, zf, zf, zi)
+
+    def update_fn(updates, state, params=None, *, ratio_fn=None, **extra_args):
+        del extra_args
+        fn = _resolve_ratio_fn(default_ratio_fn, ratio_fn, params, "project_clipped")
+        w, jvp, vjp = _linear_ratio_maps(fn, params, eps_low=eps_low, eps_high=eps_high)
+        clipped = w != 0
+
+        def outward(u):
+            return jnp.where(clipped, w * jvp(u), 0.0)
+
+        u = updates
+        dz0 = outward(u)
+        dz = dz0
+        for _ in range(rounds):
+            active = dz > 0
+            d = vjp(jnp.where(active, w, 0.0).astype(jnp.float32))
+            du = jnp.sum(jnp.where(active, dz, 0.0))
+            dd = _tree_vdot(d, d)
+            coef = jnp.where((du > 0) & (dd > 0), du / jnp.where(dd > 0, dd, 1.0), 0.0)
+            u = _remove(u, d, coef)
+            dz = outward(u)
+        diff = optax.tree.norm(jax.tree.map(lambda a, b: a - b, updates, u))
+        norm = optax.tree.norm(updates)
+        removed = jnp.where(norm > 0, diff / jnp.where(norm > 0, norm, 1.0), 0.0)
+        return u, ProjectionState(
+            num_clipped=jnp.sum(clipped).astype(jnp.int32),
+            outward_before=jnp.sum(jnp.maximum(dz0, 0.0)),
+            outward_after=jnp.sum(jnp.maximum(dz, 0.0)),
+            removed=removed.astype(jnp.float32),
+            num_projected=state.num_projected + (diff > 0).astype(jnp.int32),
+        )
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# ----------------------------------------------------------------------------- strong gate
+
+
+class ClipGatedAdamState(NamedTuple):
+    """State of ``scale_by_clip_gated_adam``.
+
+    Attributes:
+      adam: ``optax.ScaleByAdamState`` (count, mu, nu), as optax keeps it.
+      gated_frac: float32 [], share of first-moment coordinates gated at the last update.
+      gated_mass: float32 [], ‖m_{t−1} on the gated coordinates‖ / ‖m_{t−1}‖ at the last update (0 if m = 0).
+      num_gated: int32 [], updates (so far) at which some momentum was dropped.
+    """
+
+    adam: optax.ScaleByAdamState
+    gated_frac: jax.Array
+    gated_mass: jax.Array
+    num_gated: jax.Array
+
+
+_GATE_MODES = ("parameter", "global")
+_GATE_DROPS = ("restart", "zero")
+
+
+def scale_by_clip_gated_adam(
+    ratio_fn: RatioFn | None = None,
+    *,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    eps_root=0.0,
+    mu_dtype=None,
+    eps_low=0.2,
+    eps_high=0.2,
+    mode: str = "parameter",
+    drop: str = "restart",
+) -> optax.GradientTransformationExtraArgs:
+    """Adam that drops the stale momentum pushing the clipped tokens further out (a strong gate).
+
+    With d = Σ_{j∈C} sign(A_j) ∇s_j the aggregate outward direction of the clipped set C
+    (see ``clipped_weights``; one VJP of ``ratio_fn``), the stale momentum's step
+    −P ⊙ β1 m_{t−1} (P > 0 the preconditioner, Eq. 29) moves C outward through
+    coordinate i when d_i·m_{t−1,i} < 0. Before Adam's update, the gated coordinates are
+
+    - ``mode="parameter"``: every coordinate i with d_i·m_{t−1,i} < 0;
+    - ``mode="global"``: all of them, when Σ_i d_i m_{t−1,i}/(√v̂_{t−1,i} + ε) < 0
+      (the stale step moves C outward in aggregate);
+
+    and their stale momentum is dropped:
+
+    - ``drop="restart"``: m_{t−1,i} ← (1 − β1^{t−1}) g_{t,i}, so that m̂_{t,i} = g_{t,i}: the
+      coordinate restarts from the fresh gradient at full step size (bias correction
+      stays consistent);
+    - ``drop="zero"``: m_{t−1,i} ← 0 (literal, but then m̂_{t,i} = (1 − β1) g_{t,i}/(1 − β1^t):
+      Adam's bias correction shrinks the step by up to 1 − β1).
+
+    v is not gated. With C empty d = 0 and nothing is gated: the update is optax's Adam
+    exactly. Unlike ``scale_by_gated_adam`` (a scalar 1 − clip fraction, ≈ 1 when few
+    tokens are clipped), the gate removes the momentum that Prop. 3 says overshoots.
+
+    Args:
+      ratio_fn: ``params -> (ratio, advantages[, mask])``; usually the extra arg.
+      b1, b2, eps, eps_root, mu_dtype: as in ``optax.scale_by_adam``.
+      eps_low, eps_high: clip widths.
+      mode: "parameter" or "global" (static).
+      drop: "restart" or "zero" (static).
+
+    Extra args:
+      ratio_fn: overrides the factory's ``ratio_fn`` for this step.
+
+    Returns:
+      ``GradientTransformationExtraArgs`` with state :class:`ClipGatedAdamState`.
+
+    Note:
+      The sign convention is that of descent: the chain negates this transform's
+      output (``scale_by_learning_rate``), as every optax optimizer does.
+
+    Raises:
+      ValueError: bad hyperparameters, mode or drop; at update time, no params or no ratio_fn.
+    """
+    if mode not in _GATE_MODES:
+        raise ValueError(f"mode must be one of {_GATE_MODES}, got {mode!r}")
+    if drop not in _GATE_DROPS:
+        raise ValueError(f"drop must be one of {_GATE_DROPS}, got {drop!r}")
+    _check_adam(b1, b2, eps, eps_root)
+    _check_eps_pair(eps_low, eps_high)
+    adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype)
+    default_ratio_fn = ratio_fn
+
+    def init_fn(params):
+        zf = jnp.zeros([], jnp.float32)
+        return ClipGatedAdamState(
+            adam=adam.init(params), gated_frac=zf, gated_mass=zf, num_gated=jnp.zeros([], jnp.int32)
+        )
+
+    def update_fn(updates, state, params=None, *, ratio_fn=None, **extra_args):
+        del extra_args
+        fn = _resolve_ratio_fn(default_ratio_fn, ratio_fn, params, "scale_by_clip_gated_adam")
+        ratio, adv, mask = _unpack_ratio_fn(fn, params)
+        w = jax.lax.stop_gradient(clipped_weights(ratio, adv, mask, eps_low=eps_low, eps_high=eps_high))
+        _, vjp = jax.vjp(lambda p: jnp.asarray(_unpack_ratio_fn(fn, p)[0], jnp.float32), params)
+        (d,) = vjp(w)
+        mu, count = state.adam.mu, state.adam.count.astype(jnp.float32)
+        if mode == "parameter":
+            gate = jax.tree.map(lambda di, m: di.astype(m.dtype) * m < 0, d, mu)
+        else:
+            bc2 = jnp.where(count > 0, 1 - jnp.asarray(b2, jnp.float32) ** count, 1.0)
+            score = sum(
+                jnp.sum(di * m / (jnp.sqrt(v / bc2 + eps_root) + eps))
+                for di, m, v in zip(
+                    jax.tree.leaves(d), jax.tree.leaves(mu), jax.tree.leaves(state.adam.nu), strict=True
+                )
+            )
+            gate = jax.tree.map(lambda m: jnp.broadcast_to(score < 0, m.shape), mu)
+        if drop == "restart":
+            keep = 1 - jnp.asarray(b1, jnp.float32) ** count  # m_{t-1} that makes m̂_t = g_t
+            fill = jax.tree.map(lambda g, m: (keep * g).astype(m.dtype), updates, mu)
+        else:
+            fill = jax.tree.map(jnp.zeros_like, mu)
+        gated = jax.tree.map(lambda m, z, f: jnp.where(z, f, m), mu, gate, fill)
+        n_gate = sum(jnp.sum(z) for z in jax.tree.leaves(gate))
+        n_all = sum(z.size for z in jax.tree.leaves(gate))
+        removed = optax.tree.norm(jax.tree.map(lambda m, z: jnp.where(z, m, jnp.zeros_like(m)), mu, gate))
+        norm = optax.tree.norm(mu)
+        updates, s = adam.update(updates, state.adam._replace(mu=gated), params)
+        return updates, ClipGatedAdamState(
+            adam=s,
+            gated_frac=(n_gate / max(n_all, 1)).astype(jnp.float32),
+            gated_mass=jnp.where(norm > 0, removed / jnp.where(norm > 0, norm, 1.0), 0.0).astype(jnp.float32),
+            num_gated=state.num_gated + (removed > 0).astype(jnp.int32),
+        )
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def clip_gated_adam(
+    ratio_fn: RatioFn | None = None,
+    *,
+    learning_rate,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    eps_low=0.2,
+    eps_high=0.2,
+    mode: str = "parameter",
+    drop: str = "restart",
+) -> optax.GradientTransformationExtraArgs:
+    """chain(``scale_by_clip_gated_adam``, scale_by_learning_rate): the strong gate as a full optimizer."""
+    return optax.chain(
+        scale_by_clip_gated_adam(
+            ratio_fn, b1=b1, b2=b2, eps=eps, eps_low=eps_low, eps_high=eps_high, mode=mode, drop=drop
+        ),
+        optax.scale_by_learning_rate(learning_rate),
+    )

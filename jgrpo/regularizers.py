@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
-from jgrpo.methods import KLEstimator, MethodSpec, Regularizer
-from jgrpo.ratios import masked, token_log_ratio
+from jgrpo.methods import KLEstimator, MethodSpec, RatioLevel, Regularizer
+from jgrpo.ratios import masked, sequence_log_ratio, token_log_ratio
 from jgrpo.weights import entropy_filter, gtpo_lambda, mean_entropy, normaliser
 
 
-def kl_estimate(spec: MethodSpec, logp, logp_ref, mask):
+def kl_estimate(spec: MethodSpec, logp: jax.Array, logp_ref: jax.Array, mask: jax.Array) -> jax.Array:
     """Per-token KL estimate ``[..., G, T]``, zero on padding.
 
     With x = logp_ref - logp: k1 = -x, k2 = x^2/2, k3 = exp(x) - x - 1 (the
@@ -37,11 +38,14 @@ def kl_estimate(spec: MethodSpec, logp, logp_ref, mask):
     return masked(value, mask)
 
 
-def regularizer_terms(spec: MethodSpec, logp, batch, advantages):
+def regularizer_terms(spec: MethodSpec, logp: jax.Array, batch, advantages: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per-token value and weight of R, ``R = sum_t weight * value`` per prompt.
 
     - ``kl``: value D_KL, weight = the policy normaliser without 1/sigma.
-    - ``kl_importance``: value I * D_KL (DeepSeek-V3.2), same weight.
+    - ``kl_importance``: value I * D_KL (DeepSeek-V3.2; TRL's ``use_bias_correction_kl``), same
+      weight; the gradient flows through I too. With ``ratio_level='sequence'`` I is the
+      sequence ratio s_i = exp(mean_t log I) broadcast over the tokens (gradient through the
+      mean), as TRL's ``coef_1`` at ``importance_sampling_level='sequence'``.
     - ``gtpo_entropy``: value I, weight delta_i <H>_i / (G |o_i|) lambda_{i,t}.
 
     Returns:
@@ -51,15 +55,17 @@ def regularizer_terms(spec: MethodSpec, logp, batch, advantages):
     if spec.regularizer == Regularizer.NONE:
         zeros = jnp.zeros(mask.shape, logp.dtype)
         return zeros, zeros
-    ratio = jnp.exp(
-        jnp.clip(token_log_ratio(logp, batch.logp_old.astype(logp.dtype), mask), spec.log_ratio_min, spec.log_ratio_max)
-    )
+    log_ratio = token_log_ratio(logp, batch.logp_old.astype(logp.dtype), mask)
+    if spec.regularizer == Regularizer.KL_IMPORTANCE and spec.ratio_level == RatioLevel.SEQUENCE:
+        log_ratio = jnp.broadcast_to(sequence_log_ratio(log_ratio, mask), log_ratio.shape)
+    ratio = jnp.exp(jnp.clip(log_ratio, spec.log_ratio_min, spec.log_ratio_max))
     if spec.regularizer == Regularizer.GTPO_ENTROPY:
         g = mask.shape[-2]
         m = mask.astype(jnp.float32)
         length = jnp.maximum(jnp.sum(m, axis=-1), 1.0)
         per = entropy_filter(spec, batch.entropy, mask) * mean_entropy(batch.entropy, mask) / (g * length)
-        weight = per[..., None] * gtpo_lambda(spec, batch.tokens, mask, advantages)
+        lam = gtpo_lambda(spec, batch.tokens, mask, advantages) if spec.gtpo_conflicts else m
+        weight = per[..., None] * lam
         return masked(ratio, mask), weight.astype(logp.dtype)
     value = kl_estimate(spec, logp, batch.logp_ref.astype(logp.dtype), mask)
     if spec.regularizer == Regularizer.KL_IMPORTANCE:

@@ -12,16 +12,16 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jgrpo.advantages import group_all_equal, reward_scale, reward_std
-from jgrpo.methods import Agg, FNorm, GpgRescale, MethodSpec, Objective, Scope
+from jgrpo.advantages import group_all_equal, reward_scale, reward_std, standardised_advantages
+from jgrpo.methods import Agg, FNorm, GpgRescale, MethodSpec, Objective, PruneOn, Scope, SequenceTerms
 
 
-def lengths(mask, dtype=jnp.float32):
+def lengths(mask: jax.Array, dtype=jnp.float32) -> jax.Array:
     """``[..., G, T] -> [..., G]`` completion lengths L_i = sum_t m_{i,t} (float ``dtype``)."""
     return jnp.sum(mask.astype(dtype), axis=-1)
 
 
-def num_prompts(mask) -> int:
+def num_prompts(mask: jax.Array) -> int:
     """B: the number of groups (product of the leading dims; 1 for ``[G, T]``)."""
     return math.prod(mask.shape[:-2])
 
@@ -30,7 +30,7 @@ def _safe_inv(x):
     return jnp.where(x > 0, 1.0 / jnp.where(x > 0, x, 1.0), 0.0)
 
 
-def normaliser(spec: MethodSpec, mask, dtype=jnp.float32):
+def normaliser(spec: MethodSpec, mask: jax.Array, dtype=jnp.float32) -> jax.Array:
     """The aggregation part of alpha, ``[..., G, T]``, zero on padding.
 
     Implements the token normalisers of Table 1 (1/(G|o_i|), 1/sum_j|o_j|, 1/G,
@@ -66,14 +66,22 @@ def normaliser(spec: MethodSpec, mask, dtype=jnp.float32):
     return factor * w * m
 
 
-def prune_factor(spec: MethodSpec, advantages):
-    """CPPO: ``[..., G]`` 1{|A_i| > gamma} (1 everywhere when pruning is off)."""
+def prune_factor(spec: MethodSpec, advantages: jax.Array, rewards: jax.Array | None = None) -> jax.Array:
+    """CPPO: ``[..., G]`` 1{|A_i| > gamma} (1 everywhere when pruning is off).
+
+    ``prune_on='centred'`` compares the centred A_i of Eq. 2 (Table 1's alpha^S 1{|A_i| > gamma});
+    ``'standardised'`` compares A_i / (sigma + std_eps) as the CPPO paper (arXiv 2503.22342), whose
+    advantages are GRPO's standardised ones (needs ``rewards``).
+    """
     if spec.prune_gamma is None:
         return jnp.ones_like(advantages)
-    return (jnp.abs(advantages) > spec.prune_gamma).astype(advantages.dtype)
+    stat = advantages
+    if spec.prune_on == PruneOn.STANDARDISED:
+        stat = standardised_advantages(spec, advantages, rewards)
+    return (jnp.abs(stat) > spec.prune_gamma).astype(advantages.dtype)
 
 
-def offpolicy_mask(spec: MethodSpec, advantages, log_ratio, mask):
+def offpolicy_mask(spec: MethodSpec, advantages: jax.Array, log_ratio: jax.Array, mask: jax.Array) -> jax.Array:
     """DeepSeek-V3.2: ``[..., G]`` M_i = 0 if A_i < 0 and mean_t log(pi_old/pi) > delta, else 1.
 
     ``log_ratio`` is log(pi/pi_old), zero on padding. Piecewise constant: no gradient.
@@ -101,7 +109,7 @@ def _leading_run(flags):
     return jnp.cumprod(flags.astype(jnp.int32), axis=-1).astype(bool)
 
 
-def conflict_tokens(tokens, mask, advantages):
+def conflict_tokens(tokens: jax.Array, mask: jax.Array, advantages: jax.Array) -> jax.Array:
     """GTPO conflict tokens, bool ``[..., G, T]``.
 
     A token is a conflict token when a completion of opposite advantage sign
@@ -127,7 +135,7 @@ def conflict_tokens(tokens, mask, advantages):
     return lead | trail
 
 
-def gtpo_lambda(spec: MethodSpec, tokens, mask, advantages):
+def gtpo_lambda(spec: MethodSpec, tokens: jax.Array, mask: jax.Array, advantages: jax.Array) -> jax.Array:
     """GTPO's lambda_{i,t}: w on conflict tokens of positive completions, 0 on those of negative ones, else 1."""
     conflict = conflict_tokens(tokens, mask, advantages)
     pos = (advantages > 0)[..., None]
@@ -135,21 +143,35 @@ def gtpo_lambda(spec: MethodSpec, tokens, mask, advantages):
     return lam * mask.astype(jnp.float32)
 
 
-def mean_entropy(entropy, mask):
+def mean_entropy(entropy: jax.Array, mask: jax.Array) -> jax.Array:
     """<H>_i: ``[..., G]`` mean per-token entropy of each completion."""
     dtype = jnp.promote_types(entropy.dtype, jnp.float32)
     h = jnp.where(mask.astype(bool), entropy.astype(dtype), 0.0)
     return jnp.sum(h, axis=-1) * _safe_inv(lengths(mask, dtype))
 
 
-def entropy_filter(spec: MethodSpec, entropy, mask):
+def entropy_filter(spec: MethodSpec, entropy: jax.Array | None, mask: jax.Array) -> jax.Array:
     """GTPO's delta_i = 1{<H>_i <= threshold} ``[..., G]`` (1 when no threshold)."""
     if spec.entropy_threshold is None or entropy is None:
         return jnp.ones(mask.shape[:-1], jnp.float32)
     return (mean_entropy(entropy, mask) <= spec.entropy_threshold).astype(jnp.float32)
 
 
-def gpg_factor(spec: MethodSpec, rewards):
+def high_entropy_mask(spec: MethodSpec, entropy: jax.Array, mask: jax.Array) -> jax.Array:
+    """TRL's ``top_entropy_quantile`` rho: ``[..., G, T]`` 1 on completion tokens whose entropy is at least
+    the (1 - rho)-quantile (linear interpolation, as ``torch.quantile``) of the entropies of all completion
+    tokens of the batch, else 0. All ones when rho = 1 (off).
+    """
+    m = mask.astype(bool)
+    if spec.top_entropy_quantile >= 1.0:
+        return m.astype(jnp.float32)
+    dtype = jnp.promote_types(entropy.dtype, jnp.float32)
+    h = jax.lax.stop_gradient(entropy.astype(dtype))
+    threshold = jnp.nanquantile(jnp.where(m, h, jnp.nan), 1.0 - spec.top_entropy_quantile)
+    return (m & (jnp.where(m, h, 0.0) >= threshold)).astype(jnp.float32)
+
+
+def gpg_factor(spec: MethodSpec, rewards: jax.Array) -> jax.Array:
     """GPG's alpha-hat / F_norm, a scalar.
 
     ``groups``: alpha-hat = B / (B - M), M groups whose rewards are all equal.
@@ -171,7 +193,7 @@ def gpg_factor(spec: MethodSpec, rewards):
     return factor
 
 
-def shared_prefix(tokens, mask):
+def shared_prefix(tokens: jax.Array, mask: jax.Array) -> jax.Array:
     """P[..., i, j, t]: completions i and j have the same tokens at positions 0..t (both valid).
 
     ``tokens``, ``mask``: ``[..., G, T]``. Returns bool ``[..., G, G, T]`` (P[i, i, t]
@@ -183,7 +205,7 @@ def shared_prefix(tokens, mask):
     return _leading_run(same)
 
 
-def node_mean(x, prefix):
+def node_mean(x: jax.Array, prefix: jax.Array) -> jax.Array:
     """Mean of ``x`` [..., G, T] over the prefix-tree node of every token (``prefix`` from :func:`shared_prefix`)."""
     p = prefix.astype(x.dtype)
     count = jnp.sum(p, axis=-2)  # [..., G, T] node sizes (0 on padding)
@@ -191,8 +213,13 @@ def node_mean(x, prefix):
     return total * _safe_inv(count)
 
 
-def policy_weights(spec: MethodSpec, batch, advantages, log_ratio):
+def policy_weights(spec: MethodSpec, batch, advantages: jax.Array, log_ratio: jax.Array) -> jax.Array:
     """alpha_{i,t} of Eq. 1 for the policy term, ``[..., G, T]`` (zero on padding).
+
+    For objective ``sequence`` (GCPO) every token carries the whole-sequence term, so a
+    completion's term counts sum_t alpha_{i,t} = Omega_i times (Table 1 literally: |o_i|/(sigma G));
+    with ``sequence_terms='once'`` (or ``prefix_debias``) alpha is divided by |o_i| so that it counts
+    once, Omega_i = 1/(sigma G).
 
     Args:
       spec: the method.
@@ -202,13 +229,19 @@ def policy_weights(spec: MethodSpec, batch, advantages, log_ratio):
     """
     rewards = batch.rewards
     per_completion = reward_scale(spec, rewards)
-    per_completion = per_completion * prune_factor(spec, advantages)
+    per_completion = per_completion * prune_factor(spec, advantages, rewards)
     per_completion = per_completion * offpolicy_mask(spec, advantages, log_ratio, batch.mask)
     per_completion = per_completion * entropy_filter(spec, batch.entropy, batch.mask)
     per_completion = per_completion * gpg_factor(spec, rewards)
     alpha = normaliser(spec, batch.mask, per_completion.dtype) * per_completion[..., None]
     if spec.gtpo_conflicts:
         alpha = alpha * gtpo_lambda(spec, batch.tokens, batch.mask, advantages)
-    if spec.prefix_debias and spec.objective != Objective.SEQUENCE:
+    if spec.top_entropy_quantile < 1.0:
+        alpha = alpha * high_entropy_mask(spec, batch.entropy, batch.mask)
+    if spec.objective == Objective.SEQUENCE:
+        if spec.sequence_terms == SequenceTerms.ONCE or spec.prefix_debias:
+            # The completion's term counts once, with the mean of its token weights.
+            alpha = alpha * _safe_inv(lengths(batch.mask, alpha.dtype))[..., None]
+    elif spec.prefix_debias:
         alpha = node_mean(alpha, shared_prefix(batch.tokens, batch.mask))
     return alpha

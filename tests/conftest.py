@@ -23,11 +23,12 @@ def make_batch(seed=0, b=2, g=4, t=6, *, empty=True, equal_group=False, spread=0
         rewards[:, 1] = 0.0
     if equal_group:
         rewards[-1] = 1.0
+    logp = -np.abs(logp)  # log-probabilities are <= 0 (jgrpo.loss checks it)
     batch = jgrpo.GroupBatch(
         mask=mask,
         logp_old=logp_old,
         rewards=rewards,
-        logp_ref=(logp_old - 0.1 * rng.normal(size=(b, g, t))).astype(dtype),
+        logp_ref=(-np.abs(logp_old - 0.1 * rng.normal(size=(b, g, t)))).astype(dtype),
         tokens=rng.integers(0, 3, size=(b, g, t)).astype(np.int32),
         entropy=rng.uniform(0.0, 2.0, size=(b, g, t)).astype(np.float32),
     )

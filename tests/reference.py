@@ -14,19 +14,33 @@ differences), honouring every stop-gradient.
 
 Conventions fixed here (from the equations, not from the implementation):
 
-- A_i = r_i - mean_j r_j (Eq. 2), times G/(G-1) for RLOO. A group whose rewards are
-  all equal has A = 0 and its policy term is exactly 0. With ``single_sample_unit``
+- A_i = r_i - mean_j r_j (Eq. 2), times G/(G-1) for RLOO. A zero-variance group, one whose
+  reward spread max - min is at most G * eps * max|r| (eps of the compute dtype: rounding alone
+  explains such a spread), has A = 0 and its policy term is exactly 0. With ``single_sample_unit``
   a group of one has mean 0 and sigma 1 (verl), so A = r.
+- Rewards of shape [B, G, K] (K reward functions, TRL): ``sum_then_normalize`` sums w_k r_ik;
+  ``normalize_then_sum`` (GDPO) sums w_k (r_ik - mean_j r_jk) / (sigma_k + std_eps) and then
+  centres by the mean of the whole batch and scales by 1 / (batch sigma + std_eps).
+- CPPO: 1{|A_i| > gamma} on the centred A_i (Table 1) or on A_i / (sigma + std_eps) (CPPO paper).
 - alpha_{i,t} = w_i * scale * prune_i * delta_i * M_i * alpha_hat / F_norm * lambda_{i,t},
   where w_i is the token normaliser of ``agg`` x ``scope``.
 - R is weighted by w_i only ("averaged like the policy term but without 1/sigma"):
   the CPPO prune indicator, the V3.2 off-policy mask, alpha_hat and F_norm act on
   the policy term only (TRL multiplies its off-policy mask into the policy loss
   before adding beta * KL).
-- Objectives whose ratio is per completion (``sequence``, ``geo_mean``) count the
-  completion's term once with weight Omega_i = sum_t alpha_{i,t}; an empty
-  completion (L_i = 0) contributes nothing (it has no tokens; verl's
-  ``geo_mean`` masks its advantage to 0).
+- Objectives whose ratio is per completion (``sequence``, ``geo_mean``) give the
+  completion the term Omega_i * f(S_i): ``sequence`` (GCPO) read literally puts f(S_i)
+  on every token, Omega_i = sum_t alpha_{i,t}; with ``sequence_terms='once'`` it counts
+  once, Omega_i = sum_t alpha_{i,t} / L_i. An empty completion (L_i = 0) contributes
+  nothing (it has no tokens; verl's ``geo_mean`` masks its advantage to 0).
+- ``ratio_level='sequence'`` (TRL): the ratio of ppo_clip / sapo / cispo and the KL's
+  importance weight is s_i = exp(mean_t log I) on every token of i, with d s_i/dlogp_t = s_i / L_i.
+  ``gspo`` keeps the GSPO-token form (value s_i, gradient s_i dlogp_t per token).
+- ``vespo`` (TRL): term sg[phi(w_i)] A_i logp_t, w_i = exp(clip(sum_t clip(log I, +-20), log 1e-8, 20)),
+  phi(w) = exp(lam + k log w - lam w), (k, lam) by the sign of A_i (A >= 0: pos).
+- TRL's ``top_entropy_quantile`` rho keeps the policy term of tokens whose entropy is at least the
+  (1 - rho)-quantile (linear interpolation) of all completion-token entropies of the batch;
+  ``entropy_coef`` adds coef * (mean entropy over those tokens) to every J_b (no logp gradient).
 - Clamps (``log_ratio_min/max``, ``kl_log_ratio_clamp``, ``kl_value_clamp``) have
   zero gradient beyond their bound. ``kl_log_ratio_clamp`` (of x = logp_ref - logp)
   and ``kl_value_clamp`` apply to k3 only, as documented in ``MethodSpec`` and as in
@@ -41,7 +55,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["conflict_tokens", "reference_advantages", "reference_coefficients", "reference_loss"]
+__all__ = [
+    "F64_EPS",
+    "combine_rewards",
+    "conflict_tokens",
+    "reference_advantages",
+    "reference_coefficients",
+    "reference_loss",
+]
 
 
 # ---------------------------------------------------------------------------
@@ -125,20 +146,70 @@ def _std(values: list[float], ddof: int) -> float:
     return math.sqrt(ss / (n - ddof)) if n - ddof > 0 else 0.0
 
 
-def reference_advantages(fields: dict[str, Any], rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Centred advantages A [B, G] (Eq. 2), degenerate-group flags [B] and group sigma [B]."""
+F64_EPS = float(np.finfo(np.float64).eps)
+
+
+def _degenerate(values: list[float], eps: float) -> bool:
+    """A zero-variance set of rewards: spread within n * eps * max|r| (what rounding alone explains)."""
+    return max(values) - min(values) <= len(values) * eps * max(abs(v) for v in values)
+
+
+def combine_rewards(fields: dict[str, Any], rewards: np.ndarray, eps: float = F64_EPS) -> np.ndarray:
+    """[B, G] rewards from [B, G] (unchanged) or [B, G, K] (K reward functions with weights w_k)."""
     r = np.asarray(rewards, dtype=np.float64)
+    if r.ndim == 2:
+        if fields["multi_reward"] == "sum_then_normalize":
+            return r
+        r = r[..., None]  # one reward function, normalised per group all the same
+    n_b, g, k = r.shape
+    w = fields["reward_weights"] if fields["reward_weights"] is not None else (1.0,) * k
+    out = np.zeros((n_b, g))
+    for b in range(n_b):
+        for i in range(g):
+            for kk in range(k):
+                if fields["multi_reward"] == "sum_then_normalize":
+                    out[b, i] += w[kk] * r[b, i, kk]
+                else:
+                    vals = [float(r[b, j, kk]) for j in range(g)]
+                    if _degenerate(vals, eps):
+                        continue
+                    mean = sum(vals) / g
+                    sd = _std(vals, fields["std_ddof"])
+                    denom = sd + fields["std_eps"]
+                    if denom > 0:
+                        out[b, i] += w[kk] * (r[b, i, kk] - mean) / denom
+    return out
+
+
+def reference_advantages(
+    fields: dict[str, Any], rewards: np.ndarray, eps: float = F64_EPS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centred advantages A [B, G] (Eq. 2), degenerate-group flags [B] and group sigma [B].
+
+    ``eps``: machine epsilon of the compute dtype (zero-variance rule).
+    """
+    r = combine_rewards(fields, rewards, eps)
     n_b, g = r.shape
     adv = np.zeros((n_b, g))
     degenerate = np.zeros(n_b, dtype=bool)
     sigma = np.zeros(n_b)
+    if fields.get("multi_reward") == "normalize_then_sum":
+        flat = [float(v) for v in r.reshape(-1)]
+        if _degenerate(flat, eps):
+            return adv, np.ones(n_b, dtype=bool), sigma
+        mean = sum(flat) / len(flat)
+        for b in range(n_b):
+            for i in range(g):
+                adv[b, i] = r[b, i] - mean
+            sigma[b] = _std([float(v) for v in r[b]], fields["std_ddof"])
+        return adv, degenerate, sigma
     for b in range(n_b):
         vals = [float(r[b, i]) for i in range(g)]
         if g == 1 and fields["single_sample_unit"]:
             adv[b, 0] = vals[0]  # mean 0 (verl); RLOO leaves a single sample unchanged too.
             sigma[b] = 1.0
             continue
-        if all(v == vals[0] for v in vals):
+        if _degenerate(vals, eps):
             degenerate[b] = True
             continue
         mean = sum(vals) / g
@@ -149,6 +220,15 @@ def reference_advantages(fields: dict[str, Any], rewards: np.ndarray) -> tuple[n
             adv[b, i] = a
         sigma[b] = _std(vals, fields["std_ddof"])
     return adv, degenerate, sigma
+
+
+def _quantile(values: list[float], q: float) -> float:
+    """Linear-interpolation quantile (numpy's and torch's default) of a non-empty list."""
+    v = sorted(values)
+    pos = q * (len(v) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (pos - lo) * (v[hi] - v[lo])
 
 
 def conflict_tokens(tokens: np.ndarray, mask: np.ndarray, adv: np.ndarray) -> np.ndarray:
@@ -190,6 +270,7 @@ def _reference(
     logp_ref: np.ndarray | None = None,
     tokens: np.ndarray | None = None,
     entropy: np.ndarray | None = None,
+    eps: float = F64_EPS,
 ) -> tuple[float, np.ndarray]:
     f = fields
     if f.get("prefix_debias"):
@@ -201,9 +282,11 @@ def _reference(
     n_b, g, n_t = logp.shape
     lengths = [[int(sum(m[b, i, t] for t in range(n_t))) for i in range(g)] for b in range(n_b)]
 
-    adv, degenerate, sigma = reference_advantages(f, r)
+    adv, degenerate, sigma = reference_advantages(f, r, eps)
+    r = combine_rewards(f, r, eps)
     flat = [float(v) for v in r.reshape(-1)]
     sigma_batch = _std(flat, f["std_ddof"])
+    batch_degenerate = _degenerate(flat, eps)
 
     # Per-group scale (the 1/sigma of Table 1) and GPG's alpha_hat / F_norm.
     scale = np.ones(n_b)
@@ -212,7 +295,7 @@ def _reference(
             scale[b] = 1.0 / (sigma[b] + f["std_eps"]) if not degenerate[b] else 0.0
         elif f["scale"] == "batch_std":
             denom = sigma_batch + f["std_eps"]
-            scale[b] = 1.0 / denom if denom > 0 else 0.0
+            scale[b] = 1.0 / denom if denom > 0 and not batch_degenerate else 0.0
     alpha_hat = 1.0
     if f["gpg_rescale"] == "groups":
         n_degenerate = int(sum(degenerate))
@@ -274,6 +357,22 @@ def _reference(
             for i in range(g):
                 delta[b, i] = 1.0 if mean_h[b, i] <= f["entropy_threshold"] else 0.0
 
+    # TRL's top_entropy_quantile mask (policy term only) and entropy bonus.
+    keep = np.ones((n_b, g, n_t))
+    if f["top_entropy_quantile"] < 1.0 or f["entropy_coef"] != 0:
+        ent = np.asarray(entropy, dtype=np.float64)
+        valid = [float(ent[b, i, t]) for b in range(n_b) for i in range(g) for t in range(n_t) if m[b, i, t] != 0]
+        if f["top_entropy_quantile"] < 1.0:
+            thr = _quantile(valid, 1.0 - f["top_entropy_quantile"]) if valid else math.inf
+            for b in range(n_b):
+                for i in range(g):
+                    for t in range(n_t):
+                        keep[b, i, t] = 1.0 if (m[b, i, t] != 0 and ent[b, i, t] >= thr) else 0.0
+        kept = [ent[b, i, t] for b in range(n_b) for i in range(g) for t in range(n_t) if m[b, i, t] and keep[b, i, t]]
+        bonus = f["entropy_coef"] * (sum(kept) / len(kept) if kept else 0.0)
+    else:
+        bonus = 0.0
+
     # Token log-ratios (raw) and their clamped exponentials.
     lo, hi = f["log_ratio_min"], f["log_ratio_max"]
 
@@ -295,8 +394,13 @@ def _reference(
             xc = {t: _clamp(x[t], lo, hi) for t in tok}  # (value, d/dx)
 
             prune = 1.0
-            if f["prune_gamma"] is not None and not abs(a) > f["prune_gamma"]:
-                prune = 0.0
+            if f["prune_gamma"] is not None:
+                stat = a
+                if f["prune_on"] == "standardised":
+                    denom = sigma[b] + f["std_eps"]  # sigma = 1 for verl's group of one
+                    stat = a / denom if (denom > 0 and not degenerate[b]) else 0.0
+                if not abs(stat) > f["prune_gamma"]:
+                    prune = 0.0
             offpolicy = 1.0
             if f["offpolicy_delta"] is not None:
                 mean_neg = sum(-x[t] for t in tok) / length
@@ -305,9 +409,20 @@ def _reference(
             c_i = w[b, i] * scale[b] * prune * delta[b, i] * offpolicy * alpha_hat * inv_f_norm
             if degenerate[b]:
                 c_i = 0.0  # all-equal rewards: exactly zero policy term.
-            alpha = {t: c_i * lam[b, i, t] for t in tok}
+            alpha = {t: c_i * lam[b, i, t] * keep[b, i, t] for t in tok}
+            # Sequence ratio s_i = exp(mean_t log I) (TRL's sequence level), clamped, and d log s_i / dx_t.
+            xs_mean, gs_mean = _clamp(sum(x[t] for t in tok) / length, lo, hi)
+            s_seq = math.exp(xs_mean)
+            seq_level = f["ratio_level"] == "sequence"
 
-            if objective == "ppo_clip":
+            if objective == "ppo_clip" and seq_level:
+                # TRL: the (B, 1) ratio s_i broadcast over the tokens; gradient through the mean.
+                val, dval = _clip_term(f, s_seq, a)
+                omega = sum(alpha[t] for t in tok)
+                policy += omega * val
+                for t in tok:
+                    d_policy[b, i, t] = omega * dval * s_seq * gs_mean / length
+            elif objective == "ppo_clip":
                 for t in tok:
                     s = math.exp(xc[t][0])
                     val, dval = _clip_term(f, s, a)
@@ -325,7 +440,11 @@ def _reference(
                 xs, gs = _clamp(sum(x[t] for t in tok), lo, hi)
                 s = math.exp(xs)
                 val, dval = _clip_term(f, s, a)
+                # Table 1 literally: the term f(S_i) on every token (Omega_i = sum_t alpha);
+                # sequence_terms='once': one term with the mean token weight.
                 omega = sum(alpha[t] for t in tok)
+                if f["sequence_terms"] == "once":
+                    omega /= length
                 policy += omega * val
                 for t in tok:
                     d_policy[b, i, t] = omega * dval * s * gs
@@ -352,13 +471,31 @@ def _reference(
                     d_policy[b, i, t] = alpha[t] * a
             elif objective == "cispo":
                 for t in tok:
-                    ratio = math.exp(xc[t][0])
+                    ratio = s_seq if seq_level else math.exp(xc[t][0])
                     if f["cispo_clip"] == "two_sided":
                         cw, _ = _clamp(ratio, 1.0 - el, 1.0 + eh)
                     else:
                         cw = min(ratio, eh)
                     policy += alpha[t] * cw * a * logp[b, i, t]
                     d_policy[b, i, t] = alpha[t] * cw * a  # sg[clip(I)]
+            elif objective == "sapo" and seq_level:
+                tau = f["tau_pos"] if a > 0 else f["tau_neg"]
+                sig = _sigmoid(tau * (s_seq - 1.0))
+                omega = sum(alpha[t] for t in tok)
+                policy += omega * (4.0 / tau) * sig * a
+                for t in tok:
+                    d_policy[b, i, t] = omega * 4.0 * sig * (1.0 - sig) * s_seq * a * gs_mean / length
+            elif objective == "vespo":
+                xsum = sum(max(-20.0, min(20.0, x[t])) for t in tok)
+                log_w = max(math.log(1e-8), min(20.0, xsum))
+                k, lam_v = (
+                    (f["vespo_k_pos"], f["vespo_lambda_pos"]) if a >= 0 else (f["vespo_k_neg"], f["vespo_lambda_neg"])
+                )
+                lam_v = max(lam_v, 1e-4)
+                phi = math.exp(lam_v + k * log_w - lam_v * math.exp(log_w))
+                for t in tok:
+                    policy += alpha[t] * phi * a * logp[b, i, t]
+                    d_policy[b, i, t] = alpha[t] * phi * a  # sg[phi]
             elif objective == "sapo":
                 tau = f["tau_pos"] if a > 0 else f["tau_neg"]
                 for t in tok:
@@ -379,6 +516,13 @@ def _reference(
                     dkl, ddkl = _kl(f, float(logp_ref[b, i, t]) - logp[b, i, t])
                     reg += wt * dkl
                     d_reg[b, i, t] = wt * ddkl
+                elif kind == "kl_importance" and seq_level:
+                    # TRL's bias-corrected KL at sequence level: s_i * k3_t, s_i with its gradient (1/L per token).
+                    dkl, ddkl = _kl(f, float(logp_ref[b, i, t]) - logp[b, i, t])
+                    reg += wt * s_seq * dkl
+                    d_reg[b, i, t] += wt * s_seq * ddkl
+                    for u in tok:
+                        d_reg[b, i, u] += wt * dkl * s_seq * gs_mean / length
                 elif kind == "kl_importance":
                     dkl, ddkl = _kl(f, float(logp_ref[b, i, t]) - logp[b, i, t])
                     ratio = math.exp(xc[t][0])
@@ -394,7 +538,7 @@ def _reference(
 
     beta = f["beta"]
     objective_value = policy - beta * reg
-    loss = -objective_value / divisor
+    loss = -objective_value / divisor - bonus
     coefficients = -(d_policy - beta * d_reg) / divisor
     return loss, coefficients
 
@@ -408,6 +552,7 @@ def reference_loss(
     logp_ref: np.ndarray | None = None,
     tokens: np.ndarray | None = None,
     entropy: np.ndarray | None = None,
+    eps: float = F64_EPS,
 ) -> float:
     """-J of Eq. 1 averaged over the prompts, in float64.
 
@@ -416,8 +561,9 @@ def reference_loss(
       logp, mask, logp_old: ``[B, G, T]``.
       rewards: ``[B, G]``.
       logp_ref, tokens, entropy: optional ``[B, G, T]``.
+      eps: machine epsilon of the compute dtype (the zero-variance rule).
     """
-    return float(_reference(fields, logp, mask, logp_old, rewards, logp_ref, tokens, entropy)[0])
+    return float(_reference(fields, logp, mask, logp_old, rewards, logp_ref, tokens, entropy, eps)[0])
 
 
 def reference_coefficients(
@@ -429,6 +575,7 @@ def reference_coefficients(
     logp_ref: np.ndarray | None = None,
     tokens: np.ndarray | None = None,
     entropy: np.ndarray | None = None,
+    eps: float = F64_EPS,
 ) -> np.ndarray:
     """d(loss)/d(logp_{b,i,t}) ``[B, G, T]`` as closed forms (stop-gradients honoured); 0 on padding."""
-    return _reference(fields, logp, mask, logp_old, rewards, logp_ref, tokens, entropy)[1]
+    return _reference(fields, logp, mask, logp_old, rewards, logp_ref, tokens, entropy, eps)[1]

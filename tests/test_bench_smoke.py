@@ -1,9 +1,12 @@
-"""Smoke test of the benchmark machinery (experiments/bench.py) at trivial sizes.
+"""The benchmark machinery (experiments/bench/): structure, decision rules and rendering, never a timing.
 
-It checks structure only (bench.json keys, bench.md sections, interleaving
-order), never a timing. The fast test runs the sections that need no
-transformer compile; the ``slow`` one runs every section (~1-3 min on CPU,
-dominated by XLA compiling the transformer programs).
+Fast tests: the harness's interleaving, the section registry, the goal rule, each
+section's ratio logic and labels on synthetic numbers (an extrapolated ratio must
+say so, a sweep must be quoted against both baselines, a reference rate must name
+its device), bench.md and the README section from them, the ``bench-readme``
+command, and one tiny end-to-end run of the bandwidth and loss sections. The
+``slow`` test runs every section at trivial sizes (~1-3 min on CPU, dominated by
+XLA compiling the transformer programs) and renders the README from its bench.json.
 """
 
 from __future__ import annotations
@@ -14,6 +17,13 @@ import json
 import pytest
 
 from experiments import bench
+from experiments.__main__ import main as cli
+from experiments.bench import goals as goals_mod
+from experiments.bench import readme, registry
+from experiments.bench.harness import Timing
+from experiments.bench.render import markdown
+from experiments.bench.sections import decomposition, scaling, sweep, train
+from experiments.common import write_json
 
 ROW_KEYS = {"case", "rows", "T", "B", "G", "jgrpo_s", "floor_s", "floor_ratio", "samples"}
 
@@ -22,12 +32,15 @@ def _load(out):
     res = json.loads((out / "bench.json").read_text())
     md = (out / "bench.md").read_text()
     assert res["errors"] == {}, res["errors"]
-    assert {"config", "backend", "device", "cores", "jax", "runtime_s", "section_s"} <= set(res["meta"])
+    assert {"config", "backend", "device", "device_label", "cores", "jax", "runtime_s", "section_s"} <= set(res["meta"])
     assert "## Goals" in md
     for goal in res["goals"]:
-        assert {"goal", "what", "measured", "target", "met"} <= set(goal)
+        assert {"goal", "key", "what", "measured", "target", "met", "also", "extrapolated"} <= set(goal)
         assert goal["goal"] in bench.GOALS
     return res, md
+
+
+# ----------------------------------------------------------------------------- harness and registry
 
 
 def test_race_interleaves_and_rotates():
@@ -40,12 +53,259 @@ def test_race_interleaves_and_rotates():
     assert len(times["a"].samples) == 3 and times["a"].median >= 0
 
 
-def test_bench_smoke(tmp_path):
-    cfg = dataclasses.replace(bench.Config.smoke(), sections=("loss", "sweep"))
+def test_registry_lists_every_section_once_with_its_parts():
+    assert bench.SECTIONS == tuple(registry.SECTIONS)
+    assert bench.SECTIONS == ("bandwidth", "loss", "decomposition", "sweep", "train", "scaling")
+    for name in bench.SECTIONS:
+        section = registry.load(name)
+        assert section.name == name and section.title
+        assert all(callable(f) for f in (section.measure, section.goals, section.render, section.summary))
+        assert set(section.needs) <= set(bench.SECTIONS)
+    # a section's needs run first, in registry order, even when not selected
+    assert registry.plan(("sweep", "loss")) == ["bandwidth", "loss", "sweep"]
+    assert registry.plan(("scaling",)) == ["scaling"]
+    with pytest.raises(ValueError, match="unknown benchmark section 'nope'"):
+        registry.load("nope")
+    with pytest.raises(ValueError, match="Config.sections must be among"):
+        dataclasses.replace(bench.Config.smoke(), sections=("loss", "nope"))
+    with pytest.raises(ValueError, match="decomp_chunks_timed"):
+        dataclasses.replace(bench.Config.smoke(), decomp_chunks_timed=0)
+
+
+def test_the_full_config_measures_the_per_token_baseline_whole():
+    assert bench.Config.full().decomp_chunks_timed is None
+    assert bench.Config.quick().decomp_chunks_timed is not None  # quick extrapolates, and says so (below)
+
+
+# ----------------------------------------------------------------------------- the goal rule
+
+
+def test_goal_rule_direction_and_unmeasured():
+    assert goals_mod.judge("loss_vs_floor", 1.5) is True  # lower is better: within 2x of the floor
+    assert goals_mod.judge("loss_vs_floor", 2.5) is False
+    assert goals_mod.judge("sweep_vs_loop", 150.0) is True  # higher is better
+    assert goals_mod.judge("sweep_vs_loop", 50.0) is False
+    assert goals_mod.judge("train_vs_matmul", 0.3) is True  # the target itself meets it
+    for unmeasured in (None, float("nan"), "nan"):
+        assert goals_mod.judge("loss_vs_verl", unmeasured) is None
+    g = goals_mod.goal("loss_vs_floor", "k", 2.5, what="w")
+    assert (g["met"], g["direction"], g["target"]) == (False, "<=", 2.0)
+    with pytest.raises(ValueError, match="unknown goal 'fast'"):
+        goals_mod.goal("fast", "k", 1.0, what="w")
+
+
+# ----------------------------------------------------------------------------- section logic on synthetic numbers
+
+
+def _timing(seconds: float) -> Timing:
+    return Timing(seconds, [seconds])
+
+
+def _decomposition(timed_chunks: int, n_chunks: int = 23) -> dict:
+    t_dec, t_fwd, t_timed = 0.25, 0.01, 0.01 + timed_chunks * 0.75
+    t_b, basis = decomposition.per_token_time(t_timed, t_fwd, timed_chunks, n_chunks)
+    return {
+        "G": 16,
+        "T": 64,
+        "P": 8,
+        "params": 124800,
+        "completion_tokens": 735,
+        "contributions": 8,
+        "vjps_in_decompose": 9,
+        "per_token_chunk": 32,
+        "per_token_chunks": n_chunks,
+        "per_token_chunks_timed": timed_chunks,
+        "per_token_extrapolated": basis,
+        "per_token_timed_s": t_timed,
+        "speedup_vs_per_token_timed_part": t_timed / t_dec,
+        "check": {"subset_grads_rel_err": 5e-7, "per_token_rel_err": 6e-7},
+        "decompose_s": t_dec,
+        "speedup_vs_subset_grads": 0.27 / t_dec,
+        "speedup_vs_per_token": t_b / t_dec,
+        "pieces_in_forwards": {"decompose": 25.0, "one_subset_grad_call": 3.0, "decompose_per_vjp": 2.7},
+        "flop_ratio_vs_subset_grads": 1.43,
+        "relative_flop_rate": 0.75,
+        "faults_per_call": {},
+    }
+
+
+def test_per_token_time_is_measured_whole_or_labelled_an_extrapolation():
+    assert decomposition.per_token_time(17.5, 0.01, 23, 23) == (17.5, None)
+    t, basis = decomposition.per_token_time(0.76, 0.01, 1, 23)  # forward + one chunk of 0.75 s
+    assert t == pytest.approx(0.01 + 23 * 0.75)
+    assert basis == "1 of 23 chunks timed, scaled to all"
+
+    whole = {g["goal"]: g for g in decomposition.goals(_decomposition(23))}
+    assert whole["decomp_vs_per_token"]["extrapolated"] is None
+    assert whole["decomp_vs_per_token"]["measured"] == pytest.approx((0.01 + 23 * 0.75) / 0.25)
+    assert "timed whole" in "\n".join(decomposition.render(_decomposition(23)))
+
+    part = {g["goal"]: g for g in decomposition.goals(_decomposition(1))}
+    label = part["decomp_vs_per_token"]["extrapolated"]
+    assert "1 of 23 chunks" in label and "the timed part alone: 3.04x" in label  # 0.76 / 0.25
+    assert part["decomp_vs_subset_grads"]["extrapolated"] is None
+    body = "\n".join(decomposition.render(_decomposition(1)))
+    assert "**extrapolated**" in body and "1 of 23 chunks" in body
+    assert "extrapolated: 1 of 23 chunks" in decomposition.summary(_decomposition(1))[0]
+
+
+def _sweep(loop_s: float, single_s: float) -> dict:
+    settings = {"vmapped": 10_000, "loop": 10, "single": 100}
+    times = {"vmapped": _timing(2.0), "loop": _timing(loop_s), "single": _timing(single_s)}
+    return {"settings": 10_000, "steps": 8, **sweep.rates(times, settings)}
+
+
+def test_sweeps_are_quoted_against_both_baselines_and_the_strongest():
+    # vmapped 5000 sims/s; loop 10 / 1 s = 10 sims/s; jitted per setting 100 / 0.5 s = 200 sims/s
+    s = _sweep(loop_s=1.0, single_s=0.5)
+    assert s["sims_per_s"] == {"vmapped": 5000.0, "loop": 10.0, "single": 200.0}
+    assert s["speedup_vs_loop"] == pytest.approx(500.0)
+    assert s["speedup_vs_jitted_per_setting"] == pytest.approx(25.0)
+    assert (s["strongest_baseline"], s["speedup_vs_strongest"]) == ("single", pytest.approx(25.0))
+    # the loop the faster baseline: it is the strongest
+    s2 = _sweep(loop_s=0.01, single_s=0.5)
+    assert (s2["strongest_baseline"], s2["speedup_vs_strongest"]) == ("loop", pytest.approx(5.0))
+
+    (g,) = sweep.goals({"grpo_inner_loop": s})
+    assert (g["goal"], g["measured"], g["met"]) == ("sweep_vs_loop", pytest.approx(500.0), True)
+    assert g["also"] == {"vs jitted per-setting call": pytest.approx(25.0)}
+    body = "\n".join(sweep.render({"grpo_inner_loop": s}))
+    assert "25 (jitted per-setting call)" in body and "vmapped / jitted per setting" in body
+    assert "the strongest baseline: jitted per-setting call" in sweep.summary({"grpo_inner_loop": s})[0]
+
+
+def _train(fraction: float) -> dict:
+    return {
+        "model": {"d_model": 256, "n_layers": 4, "d_ff": 1024, "vocab": 128},
+        "params": 3291648,
+        "shape": {"B": 2, "G": 16, "T": 64, "P": 16, "tokens": 2560},
+        "flops_analytic": 51.3e9,
+        "flops_xla": 51.9e9,
+        "matmul_n": 2048,
+        "reference": train.reference_matmul(2048),
+        "train_GFLOPs": 58.0 * fraction,
+        "matmul_GFLOPs": 58.0,
+        "fraction_of_matmul": fraction,
+    }
+
+
+def test_the_reference_matmul_is_labelled_with_what_it_is_and_its_device():
+    ref = train.reference_matmul(2048)
+    assert "float32 2048x2048" in ref["what"] and ref["device"].startswith("cpu (")
+    (g,) = train.goals(_train(0.58))
+    assert g["met"] is True and "float32 2048x2048" in g["what"] and "on cpu (" in g["what"]
+    assert train.goals(_train(0.029))[0]["met"] is False
+    body = "\n".join(train.render(_train(0.58)))
+    assert "Reference rate: jitted jnp.matmul of two float32 2048x2048 matrices" in body
+    assert "not its datasheet peak" in body
+
+
+def test_scaling_rows_are_ratios_to_the_first_shape():
+    shapes = scaling.scaled_shapes(8, 512, (2,))
+    assert shapes == [(8, 512), (16, 512), (8, 1024)]
+    times = {"(8, 512)": _timing(1.0), "(16, 512)": _timing(1.5), "(8, 1024)": _timing(3.0)}
+    rows = scaling.scaling_rows(times, shapes, lambda g, t: g * t)
+    assert [r["time_ratio"] for r in rows] == [1.0, 1.5, 3.0]
+    assert [r["per_token_ratio"] for r in rows] == [1.0, 0.75, 1.5]
+    (line,) = scaling.summary({"loss_grad": {"rows": rows}})
+    assert "G x2: 2x the tokens, 1.5x the time" in line and "T x2: 2x the tokens, 3x the time" in line
+
+
+# ----------------------------------------------------------------------------- bench.md and the README section
+
+
+def _result(device_label: str, *, timed_chunks: int, with_train: bool = True) -> dict:
+    res = {
+        "meta": {
+            "config": "synthetic",
+            "backend": device_label.split()[0],
+            "device": device_label,
+            "device_label": device_label,
+            "cores": 2,
+            "jax": "0",
+            "started": "2026-01-01 00:00:00",
+            "runtime_s": 1.0,
+            "peers": None,
+            "peer_skip": "peer rows disabled in this configuration",
+        },
+        "errors": {},
+        "decomposition": _decomposition(timed_chunks),
+        "sweep": {"adam_after_clip": _sweep(1.0, 0.5), "grpo_inner_loop": _sweep(1.0, 2.0)},
+    }
+    if with_train:
+        res["train"] = _train(0.029)
+    res["goals"] = goals_mod.collect(res)
+    return res
+
+
+def test_bench_md_numbers_sections_and_labels_every_figure():
+    md = markdown(_result("cpu (2 cores)", timed_chunks=1))
+    assert "## 1. Gradient decomposition" in md and "## 2. Inner-loop sweeps" in md and "## 3. Training step" in md
+    goals_table = md.split("## 1.")[0]
+    assert "extrapolated: 1 of 23 chunks" in goals_table
+    assert "(vs jitted per-setting call: 25)" in goals_table
+    assert "on cpu (2 cores)" in goals_table  # the train goal names its reference's device
+
+
+def test_readme_section_sets_runs_side_by_side(tmp_path):
+    cpu, gpu = tmp_path / "bench_cpu.json", tmp_path / "bench_gpu.json"
+    write_json(cpu, _result("cpu (2 cores)", timed_chunks=23))
+    write_json(gpu, _result("gpu (NVIDIA H200)", timed_chunks=1, with_train=False))
+    (tmp_path / "bench_cpu.md").write_text("report")
+    text = readme.render([cpu, gpu], link_root=tmp_path)
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("| goal |"))
+    assert "cpu (2 cores), synthetic" in header and "gpu (NVIDIA H200), synthetic" in header
+    assert "[bench_cpu.json](bench_cpu.json), report [bench_cpu.md](bench_cpu.md)" in text
+    per_token = next(line for line in lines if line.startswith("| decomp_vs_per_token"))
+    cpu_cell, gpu_cell = per_token.split(" | ")[-2:]
+    assert "extrapolated" not in cpu_cell and "extrapolated: 1 of 23 chunks" in gpu_cell
+    train_row = next(line for line in lines if line.startswith("| train_vs_matmul"))
+    assert train_row.endswith("| **0.029** | — |")  # missed goal in bold; the GPU run has no train row
+    assert "Measured in the run on cpu (2 cores), synthetic:" in text
+    assert "float32 2048x2048 matrices (2 n^3 FLOPs) on cpu (" in text
+
+
+def test_update_readme_replaces_only_the_marked_section(tmp_path):
+    path = tmp_path / "bench.json"
+    write_json(path, _result("cpu (2 cores)", timed_chunks=23))
+    doc = tmp_path / "README.md"
+    doc.write_text(f"# x\n\nbefore\n{readme.BEGIN}\nstale 9.0x\n{readme.END}\nafter\n")
+    assert readme.update_readme(doc, [path]) is True
+    text = doc.read_text()
+    assert text.startswith("# x\n\nbefore\n") and text.endswith(f"{readme.END}\nafter\n")
+    assert "stale" not in text and "| decomp_vs_subset_grads |" in text
+    assert readme.update_readme(doc, [path]) is False  # regenerating the same run changes nothing
+
+    doc.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="must contain one <!-- bench:begin -->"):
+        readme.update_readme(doc, [path])
+
+
+def test_bench_readme_command(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    write_json(path, _result("cpu (2 cores)", timed_chunks=23))
+    doc = tmp_path / "README.md"
+    doc.write_text(f"{readme.BEGIN}\n{readme.END}\n")
+    assert cli(["bench-readme", "--bench", str(path), "--readme", str(doc)]) == 0
+    assert "| sweep_vs_loop |" in doc.read_text()
+    assert cli(["bench-readme", "--bench", str(tmp_path / "missing.json"), "--readme", str(doc)]) == 2
+    assert "--bench" in capsys.readouterr().err
+    (tmp_path / "other.json").write_text('{"rows": []}')
+    assert cli(["bench-readme", "--bench", str(tmp_path / "other.json"), "--readme", str(doc)]) == 2
+    assert "not a bench.json" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_bench_smoke_loss(tmp_path):
+    cfg = dataclasses.replace(bench.Config.smoke(), sections=("loss",))
     assert bench.main(tmp_path, quick=True, config=cfg) == 0
     res, md = _load(tmp_path)
-    assert {"bandwidth", "loss", "sweep"} <= set(res)
-    assert {"inplace_GBps", "fresh_GBps", "dispatch_s", "bytes_moved"} <= set(res["bandwidth"])
+    assert {"bandwidth", "loss"} <= set(res) and "sweep" not in res
+    bw = res["bandwidth"]
+    assert {"inplace_GBps", "fresh_GBps", "dispatch_s", "bytes_moved", "device", "probe"} <= set(bw)
     rows = res["loss"]["rows"]
     assert len(rows) == 3  # three losses at the one smoke size
     for row in rows:
@@ -53,11 +313,9 @@ def test_bench_smoke(tmp_path):
         assert "speedup_vs_verl" in row or row["verl_skipped"]
     for prof in res["loss"]["profile"].values():
         assert {"floor_bytes_per_token", "measured_s", "ops_ms"} <= set(prof)
-    for key in ("adam_after_clip", "grpo_inner_loop"):
-        s = res["sweep"][key]
-        assert {"settings", "steps", "sims_per_s", "speedup_vs_loop", "samples"} <= set(s)
-    assert {g["goal"] for g in res["goals"]} >= {"loss_vs_floor", "sweep_vs_loop"}
-    assert "## 1. Loss + gradient" in md and "## 3. Inner-loop sweeps" in md
+    assert {g["goal"] for g in res["goals"]} == {"loss_vs_floor"}
+    assert "## 1. Reference rates: memory bandwidth" in md and "## 2. Loss + gradient" in md
+    assert f"measured on {bw['device']} in this run" in md
 
 
 @pytest.mark.slow
@@ -68,11 +326,22 @@ def test_bench_smoke_all_sections(tmp_path):
     dec = res["decomposition"]
     assert {"speedup_vs_subset_grads", "speedup_vs_per_token", "pieces_in_forwards", "xla", "check"} <= set(dec)
     assert dec["check"]["subset_grads_rel_err"] < 1e-4 and dec["check"]["per_token_rel_err"] < 1e-4
-    train = res["train"]
-    assert {"flops_analytic", "train_GFLOPs", "matmul_GFLOPs", "fraction_of_matmul"} <= set(train)
+    assert dec["per_token_extrapolated"]  # the smoke config times 2 of its chunks
+    for s in res["sweep"].values():
+        assert {"settings", "steps", "sims_per_s", "speedup_vs_loop", "speedup_vs_jitted_per_setting"} <= set(s)
+        assert {"loop", "single", "vmapped"} == set(s["sims_per_s"]) == set(s["settings_timed"])
+        assert max(abs(v) for v in s["check"].values()) < 1e-4
+    train_res = res["train"]
+    assert {"flops_analytic", "train_GFLOPs", "matmul_GFLOPs", "fraction_of_matmul", "reference"} <= set(train_res)
     for kind in ("loss_grad", "decomposition", "train_step"):
         rows = res["scaling"][kind]["rows"]
         assert rows[0]["time_ratio"] == 1.0 and len(rows) == 1 + 2 * len(bench.Config.smoke().scale_factors)
     assert {g["goal"] for g in res["goals"]} == set(bench.GOALS) - {"loss_vs_verl"}
-    for title in ("## 2. Gradient decomposition", "## 4. Training step", "## 5. Scaling"):
-        assert title in md
+    for k, title in enumerate(("Reference rates", "Loss", "Gradient decomposition", "Inner-loop", "Training", "Scal")):
+        assert f"## {k + 1}. {title}" in md
+    doc = tmp_path / "README.md"
+    doc.write_text(f"{readme.BEGIN}\n{readme.END}\n")
+    assert readme.update_readme(doc, [tmp_path / "bench.json"]) is True
+    text = doc.read_text()
+    for name in ("loss_vs_floor", "decomp_vs_per_token", "sweep_vs_loop", "train_vs_matmul"):
+        assert f"| {name} |" in text

@@ -49,3 +49,55 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     # the old file is intact and no temporary file is left behind
     assert json.loads(path.read_text())["b"] == [1, 2]
     assert sorted(p.name for p in path.parent.iterdir()) == ["result.json"]
+
+
+def test_out_is_checked_before_any_compute(tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "results"
+    blocker.write_text("a file, not a folder")
+
+    def never(*a, **k):  # the experiment must not even start
+        raise AssertionError("an experiment ran")
+
+    monkeypatch.setattr("experiments.__main__._resolve", lambda name: never)
+    assert main(["run", "presets", "--out", str(blocker)]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert main(["run", "all", "--out", str(blocker / "sub")]) == 2
+    assert main(["bench", "--out", str(blocker)]) == 2
+
+
+def test_run_help_lists_the_experiments(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    for name in REGISTRY:
+        assert name in out
+    assert "sub-folder" in out
+
+
+def test_output_files_get_the_usual_mode(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "r.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_resume_skips_complete_experiments(tmp_path, monkeypatch):
+    from experiments.common import Context, finish
+
+    done = Context(scale="quick", out=tmp_path / "presets", seed=0)
+    finish(done, "presets", "t", {}, "| a |\n|---|\n| 1 |\n", [], None)
+    ran = []
+
+    def fake(ctx):
+        ran.append(ctx.out.name)
+        return finish(ctx, ctx.out.name, "t", {}, "| a |\n|---|\n| 1 |\n", [], None)
+
+    monkeypatch.setattr("experiments.__main__._resolve", lambda name: fake)
+    monkeypatch.setattr("experiments.__main__.REGISTRY", {"presets": "x:y", "overshoot": "x:y"})
+    assert main(["run", "all", "--out", str(tmp_path), "--resume"]) == 0
+    assert ran == ["overshoot"]
+    assert (tmp_path / "report.md").exists()

@@ -25,7 +25,7 @@ def grad_logp(spec, logp, batch):
 def one_token_batch(rewards, log_ratio=0.0):
     g = len(rewards)
     mask = np.ones((1, g, 1), np.float32)
-    logp_old = np.full((1, g, 1), -1.0, np.float32)
+    logp_old = np.full((1, g, 1), -3.0, np.float32)
     return jgrpo.GroupBatch(mask=mask, logp_old=logp_old, rewards=np.asarray([rewards], np.float32)), (
         logp_old + np.float32(log_ratio)
     )
@@ -90,14 +90,21 @@ def test_gpg_alpha_hat_rescales_for_equal_groups():
     np.testing.assert_allclose(aux["omega"][0], [1.0, 1.0], rtol=1e-6)
 
 
-def test_gcpo_counts_each_completion_once():
-    spec = methods.get("gcpo")
+def test_gcpo_is_table1_literally_and_once_is_an_option():
     mask = np.array([[[1, 1, 1, 1], [1, 0, 0, 0]]], np.float32)
     logp_old = np.full(mask.shape, -0.5, np.float32)
     batch = jgrpo.GroupBatch(mask=mask, logp_old=logp_old, rewards=np.array([[1.0, 0.0]], np.float32))
-    _, aux = jgrpo.loss(spec, logp_old, batch)
-    # alpha summed over tokens = 1/(sigma G) for each completion, whatever its length.
+    # sigma = 0.5, G = 2: alpha = 1/(sigma G) = 1 on every token, each with the whole-sequence ratio,
+    # so Omega_i = |o_i| / (sigma G) = [4, 1] (a long-answer weighting); J(theta_old) = 0.5*4 - 0.5*1 = 1.5.
+    value, aux = jgrpo.loss(methods.get("gcpo"), logp_old, batch)
+    np.testing.assert_allclose(aux["omega"][0], [4.0, 1.0], rtol=1e-6)
+    assert float(-value) == pytest.approx(1.5, rel=1e-6)
+    # The gradient of every token of completion 0 is Omega_0 * A_0 * S_0 = 4 * 0.5 * 1.
+    np.testing.assert_allclose(grad_logp(methods.get("gcpo"), logp_old, batch)[0, 0], [-2.0] * 4, rtol=1e-6)
+    # sequence_terms="once": each completion's term counts once, Omega_i = 1/(sigma G) whatever its length.
+    value, aux = jgrpo.loss(methods.get("gcpo", sequence_terms="once"), logp_old, batch)
     np.testing.assert_allclose(aux["omega"][0], [1.0, 1.0], rtol=1e-6)
+    assert float(value) == pytest.approx(0.0, abs=1e-7)
 
 
 def test_gspo_value_is_sequence_ratio_and_gradient_token_form():
@@ -188,9 +195,12 @@ def test_padding_never_leaks(seed, junk):
 
 def test_presets_finite_on_hard_input(preset):
     batch, logp = make_batch(3, equal_group=True)
+    logp_old = np.asarray(batch.logp_old).copy()
+    logp_old[0, 0, :] -= 100.0  # log-ratio +100
+    batch = dataclasses.replace(batch, logp_old=logp_old)
     extreme = logp.copy()
-    extreme[0, 0, :] = batch.logp_old[0, 0, :] + 100.0
-    extreme[0, 1, :] = batch.logp_old[0, 1, :] - 100.0
+    extreme[0, 0, :] = logp_old[0, 0, :] + 100.0
+    extreme[0, 1, :] = logp_old[0, 1, :] - 100.0
     for lp in (extreme, extreme.astype(jnp.bfloat16)):
         value, aux = jgrpo.loss(preset, lp, batch)
         grad = grad_logp(preset, lp, batch)
@@ -245,7 +255,10 @@ def test_bad_shapes_and_dtypes():
         jgrpo.loss(spec, logp[..., :5], batch)
     with pytest.raises(ValueError, match=r"logp_old must have shape"):
         jgrpo.loss(spec, logp, dataclasses.replace(batch, logp_old=batch.logp_old[0]))
-    with pytest.raises(ValueError, match=r"rewards must have shape \[B, G\] = \(2, 4\), got \(2, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"rewards must have shape \[B, G\] = \(2, 4\) \(or \[B, G, K\] for K reward functions\), got \(2, 3\)",
+    ):
         jgrpo.loss(spec, logp, dataclasses.replace(batch, rewards=batch.rewards[:, :3]))
     with pytest.raises(ValueError, match=r"mask must have shape \[..., G, T\] \(rank >= 2\), got shape \(6,\)"):
         jgrpo.loss(spec, logp[0, 0], dataclasses.replace(batch, mask=batch.mask[0, 0]))

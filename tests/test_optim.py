@@ -299,3 +299,204 @@ def test_guard_needs_ratio_fn_and_params():
         guard.update(jnp.zeros(V_TOK), s, LOGITS_OLD)
     with pytest.raises(ValueError, match="needs params"):
         guard.update(jnp.zeros(V_TOK), s, None, ratio_fn=lambda p: (ratios(p), ADV))
+
+
+# ---------------------------------------------------------------------------- projection and strong gate
+
+M_TOK, N_PAR = 12, 5
+_rng = np.random.default_rng(7)
+X = _rng.normal(size=(M_TOK, N_PAR)) / np.sqrt(N_PAR)
+A_SIGN = np.where(np.arange(M_TOK) % 3 == 0, -1.0, 1.0)
+A_SIGN[5] = 0.0  # an unconstrained token
+
+
+def lin_ratio_fn(p):
+    """s_j = exp(X_j · θ): a log-linear policy over 12 tokens (J = diag(s) X)."""
+    return jnp.exp(jnp.asarray(X, jnp.float32) @ p), jnp.asarray(A_SIGN, jnp.float32)
+
+
+def lin_loss(p):
+    s, a = lin_ratio_fn(p)
+    return -jnp.mean(jnp.minimum(s * a, jnp.clip(s, 1 - EPS_LOW, 1 + EPS_HIGH) * a))
+
+
+def clipped_np(theta):
+    s = np.exp(X @ theta)
+    beyond = ((A_SIGN > 0) & (s > 1 + EPS_HIGH)) | ((A_SIGN < 0) & (s < 1 - EPS_LOW))
+    return s, np.where(beyond, np.sign(A_SIGN), 0.0)
+
+
+def project_np(u, theta, rounds):
+    """Textbook float64 projection (loops over rounds; explicit Jacobian J = diag(s) X)."""
+    s, w = clipped_np(theta)
+    J = s[:, None] * X
+    u = np.array(u, np.float64)
+    for _ in range(rounds):
+        dz = w * (J @ u)
+        active = (w != 0) & (dz > 0)
+        d = J.T @ np.where(active, w, 0.0)
+        du, dd = dz[active].sum(), d @ d
+        if du > 0 and dd > 0:
+            u = u - du / dd * d
+    return u
+
+
+def gated_adam_np(steps, *, lr, b1, b2, eps, mode, drop):
+    """Textbook float64 Adam with the strong gate on the log-linear GRPO toy."""
+    theta = np.zeros(N_PAR)
+    m, v = np.zeros(N_PAR), np.zeros(N_PAR)
+    out = []
+    for t in range(1, steps + 1):
+        s, w = clipped_np(theta)
+        g = np.asarray(jax.grad(lin_loss)(jnp.asarray(theta, jnp.float32)), np.float64)
+        d = (s[:, None] * X).T @ w
+        fill = (1 - b1 ** (t - 1)) * g if drop == "restart" else np.zeros_like(m)
+        if mode == "parameter":
+            m = np.where(d * m < 0, fill, m)
+        elif t > 1:
+            vh = v / (1 - b2 ** (t - 1))
+            if np.sum(d * m / (np.sqrt(vh) + eps)) < 0:
+                m = fill
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        theta = theta - lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+        out.append(theta.copy())
+    return np.array(out)
+
+
+@pytest.mark.parametrize("rounds", [1, 3])
+def test_projection_against_textbook(rounds):
+    proj = optim.project_clipped(lin_ratio_fn, eps_low=EPS_LOW, eps_high=EPS_HIGH, rounds=rounds)
+    update = jax.jit(proj.update)
+    rng = np.random.default_rng(rounds)
+    hit = 0
+    for _ in range(6):
+        theta = rng.normal(size=N_PAR) * 0.6
+        u = rng.normal(size=N_PAR) * 0.1
+        got, state = update(jnp.asarray(u, jnp.float32), proj.init(None), jnp.asarray(theta, jnp.float32))
+        ref = project_np(u, theta, rounds)
+        np.testing.assert_allclose(got, ref, rtol=2e-4, atol=2e-6)
+        hit += int(not np.allclose(ref, u))
+        assert float(state.outward_after) <= float(state.outward_before) + 1e-6
+        assert int(state.num_clipped) == int(np.sum(clipped_np(theta)[1] != 0))
+    assert hit >= 3  # the cases really project
+
+
+def test_projection_removes_the_aggregate_outward_motion():
+    theta = jnp.asarray(np.random.default_rng(3).normal(size=N_PAR) * 0.8, jnp.float32)
+    u = jnp.asarray(np.random.default_rng(4).normal(size=N_PAR) * 0.1, jnp.float32)
+    proj = optim.project_clipped(lin_ratio_fn, eps_low=EPS_LOW, eps_high=EPS_HIGH)
+    got, state = jax.jit(proj.update)(u, proj.init(None), theta)
+    s, w = clipped_np(np.asarray(theta, np.float64))
+    J = s[:, None] * X
+    dz_before, dz_after = w * (J @ np.asarray(u)), w * (J @ np.asarray(got))
+    active = (w != 0) & (dz_before > 0)
+    assert active.any()
+    assert abs(dz_after[active].sum()) < 1e-5 * max(1.0, dz_before[active].sum())  # first order: 0 in aggregate
+    assert float(state.removed) > 0 and int(state.num_projected) == 1
+
+
+def test_projection_is_exactly_adam_when_nothing_is_clipped():
+    lr = 0.01
+    opt = optax.chain(optax.adam(lr, b1=0.9, b2=0.95), optim.project_clipped(eps_low=EPS_LOW, eps_high=EPS_HIGH))
+    ref = optax.adam(lr, b1=0.9, b2=0.95)
+    p, pr = jnp.zeros(N_PAR), jnp.zeros(N_PAR)
+    s, sr = opt.init(p), ref.init(pr)
+    zero_adv = lambda q: (lin_ratio_fn(q)[0], jnp.zeros(M_TOK))
+    update = jax.jit(lambda g, s, p: opt.update(g, s, p, ratio_fn=zero_adv))
+    update_ref = jax.jit(ref.update)
+    for _ in range(6):
+        g = jax.grad(lin_loss)(p)
+        u, s = update(g, s, p)
+        ur, sr = update_ref(g, sr, pr)
+        np.testing.assert_allclose(u, ur, rtol=1e-6, atol=1e-12)  # two compiled programs: ulp-level fusion
+        p, pr = optax.apply_updates(p, u), optax.apply_updates(pr, ur)
+    assert int(s[1].num_projected) == 0
+
+
+@pytest.mark.parametrize("mode,drop", [("parameter", "restart"), ("parameter", "zero"), ("global", "restart")])
+def test_strong_gate_against_textbook(mode, drop):
+    lr, steps = 0.08, 14
+    opt = optim.clip_gated_adam(lin_ratio_fn, learning_rate=lr, b1=0.9, b2=0.95, eps=1e-8, mode=mode, drop=drop)
+    p = jnp.zeros(N_PAR)
+    s = opt.init(p)
+    update = jax.jit(opt.update)
+    xs = []
+    for _ in range(steps):
+        u, s = update(jax.grad(lin_loss)(p), s, p)
+        p = optax.apply_updates(p, u)
+        xs.append(np.asarray(p))
+    ref = gated_adam_np(steps, lr=lr, b1=0.9, b2=0.95, eps=1e-8, mode=mode, drop=drop)
+    np.testing.assert_allclose(np.array(xs), ref, rtol=1e-4, atol=1e-5)
+    assert int(s[0].num_gated) > 0  # the toy clips, so the gate acts
+
+
+def test_strong_gate_is_exactly_adam_when_nothing_is_clipped():
+    opt = optim.clip_gated_adam(learning_rate=0.05, b1=0.9, b2=0.95)
+    ref = optax.adam(0.05, b1=0.9, b2=0.95)
+    p = jnp.zeros(3)
+    s, rs = opt.init(p), ref.init(p)
+    inside = lambda q: (jnp.ones(4), jnp.array([1.0, -1.0, 1.0, 0.0]), jnp.ones(4))  # every ratio at 1
+    update = jax.jit(lambda g, s, p: opt.update(g, s, p, ratio_fn=inside))
+    update_ref = jax.jit(ref.update)
+    for _ in range(8):
+        g = jnp.asarray(quad_grad(np.asarray(p, np.float64), 0), jnp.float32)
+        u, s = update(g, s, p)
+        ur, rs = update_ref(g, rs, p)
+        np.testing.assert_allclose(u, ur, rtol=1e-6, atol=1e-12)  # two compiled programs: ulp-level fusion
+        p = optax.apply_updates(p, u)
+    assert int(s[0].num_gated) == 0 and float(s[0].gated_frac) == 0.0
+
+
+def test_strong_gate_stops_a_lone_clipped_coordinate():
+    # one parameter, one token with A > 0 already beyond 1.2; zero gradient: Adam would step by C_T, the gate by 0
+    ratio_fn = lambda q: (jnp.exp(q), jnp.ones(1))
+    gated = optim.scale_by_clip_gated_adam(ratio_fn, b1=0.9, b2=0.95, eps_low=0.2, eps_high=0.2)
+    plain = optax.scale_by_adam(b1=0.9, b2=0.95)
+    p = jnp.zeros(1)
+    s, sp = gated.init(p), plain.init(p)
+    g_update, p_update = jax.jit(gated.update), jax.jit(plain.update)
+    for _ in range(5):  # descent gradient -1 pushes the log-ratio up
+        _, s = g_update(-jnp.ones(1), s, p)
+        _, sp = p_update(-jnp.ones(1), sp, p)
+    beyond = jnp.array([0.3])  # s = 1.35 > 1.2
+    u, s = g_update(jnp.zeros(1), s, beyond)
+    up, _ = p_update(jnp.zeros(1), sp, beyond)
+    from analysis.overshoot import c_coefficient
+
+    # plain Adam keeps moving it out by C_6 of Eq. 32 (five gradient steps, the gradient vanishes at step 6)
+    assert float(-up[0]) == pytest.approx(float(c_coefficient(0.9, 0.95, 6)), rel=1e-5)
+    np.testing.assert_array_equal(u, 0.0)
+    assert float(s.gated_frac) == 1.0 and float(s.gated_mass) == 1.0
+
+
+def test_projection_and_gate_cut_the_overshoot_of_the_toy():
+    base = optax.adam(0.1, b1=0.9, b2=0.95)
+    adam_viol, _ = run_toy(optax.with_extra_args_support(base))
+    proj = optax.chain(base, optim.project_clipped(eps_low=EPS_LOW, eps_high=EPS_HIGH, rounds=2))
+    proj_viol, _ = run_toy(proj)
+    gate = optim.clip_gated_adam(learning_rate=0.1, b1=0.9, b2=0.95, eps_low=EPS_LOW, eps_high=EPS_HIGH)
+    gate_viol, _ = run_toy(gate)
+    assert adam_viol.max() > 0.05
+    assert proj_viol.max() < 0.5 * adam_viol.max() and gate_viol.max() < 0.5 * adam_viol.max()
+
+
+def test_new_transforms_validate():
+    with pytest.raises(ValueError, match="rounds"):
+        optim.project_clipped(rounds=0)
+    with pytest.raises(ValueError, match="eps_low"):
+        optim.project_clipped(eps_low=-0.1)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        optim.scale_by_clip_gated_adam(mode="token")
+    with pytest.raises(ValueError, match="drop must be one of"):
+        optim.scale_by_clip_gated_adam(drop="halve")
+    with pytest.raises(ValueError, match="b2 must be in"):
+        optim.scale_by_clip_gated_adam(b2=1.0)
+    proj = optim.project_clipped()
+    with pytest.raises(ValueError, match="needs ratio_fn"):
+        proj.update(jnp.zeros(2), proj.init(None), jnp.zeros(2))
+    gate = optim.scale_by_clip_gated_adam()
+    with pytest.raises(ValueError, match="needs params"):
+        gate.update(jnp.zeros(2), gate.init(jnp.zeros(2)), None, ratio_fn=lambda q: (q, q))
+    with pytest.raises(ValueError, match="ratio_fn must return"):
+        proj.update(jnp.zeros(2), proj.init(None), jnp.zeros(2), ratio_fn=lambda q: q)

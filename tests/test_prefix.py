@@ -131,7 +131,7 @@ def test_prefix_debias_zeroes_fully_shared_prefix_for_every_preset(model, name):
     spec = methods.get(name, prefix_debias=True, beta=0.0)
     batch = make_batch(logprob_fn, params, rewards)
     logp = np.asarray(logprob_fn(params, jnp.asarray(TOKENS)))
-    batch = dataclasses.replace(batch, logp_old=logp, entropy=np.ones_like(logp))
+    batch = dataclasses.replace(batch, logp_old=logp, entropy=np.full_like(logp, 0.5))  # < ln 2: GTPO keeps all
     coef = np.asarray(prefix.coefficients(spec, logp, batch))
     w = np.asarray(prefix.w_agg(jnp.asarray(coef), prefix.prefix_tree(TOKENS, MASK)))
     scale = np.abs(coef).max()

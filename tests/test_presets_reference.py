@@ -62,6 +62,7 @@ VARIANTS = [
     ("gpg", "paper", (("gpg_rescale", "nonzero"),), M),
     ("gtpo", "paper", (("entropy_threshold", 1.0),), M),
     ("gtpo", "paper", (("beta", 0.1), ("entropy_threshold", 1.0), ("gtpo_w", 3.0)), M),
+    ("gtpo", "paper", (("gtpo_conflicts", False),), M),  # R without lambda too
     ("cppo", "paper", (("prune_gamma", 0.3),), M),
     ("dr_grpo", "verl", (("norm_length", 64.0),), M),
     ("grpo_v32", "paper", (("offpolicy_delta", 0.05),), M),
@@ -71,6 +72,23 @@ VARIANTS = [
     ("gcpo", "paper", (("log_ratio_min", -0.5), ("log_ratio_max", 0.5)), M),
     ("gmpo", "paper", (("log_ratio_min", -0.3), ("log_ratio_max", 0.3)), M),
     ("sapo", "paper", (("tau_pos", 2.0), ("tau_neg", 0.5)), M),
+    # Table 1 read literally (the gcpo preset) and the once-per-completion reading.
+    ("gcpo", "paper", (("sequence_terms", "once"),), M),
+    ("cppo", "paper", (("prune_on", "standardised"), ("prune_gamma", 0.3)), M),
+    # beta > 0 on a preset without a regularizer turns the flavour's KL on.
+    ("dapo", "paper", (("beta", 0.04),), M),
+    ("gspo", "trl", (("beta", 0.04),), M),  # TRL's bias-corrected KL with the sequence ratio
+    # TRL's options.
+    ("grpo", "trl", (("ratio_level", "sequence"),), M),
+    ("cispo", "trl", (("ratio_level", "sequence"),), M),
+    ("sapo", "trl", (("ratio_level", "sequence"),), M),
+    ("dapo", "trl", (("objective", "vespo"),), M),
+    ("grpo", "trl", (("top_entropy_quantile", 0.3),), M),
+    ("dapo", "trl", (("top_entropy_quantile", 0.5), ("entropy_coef", 0.05)), M),
+    ("grpo", "trl", (("entropy_coef", 0.05),), M),
+    ("grpo", "trl", (("multi_reward", "normalize_then_sum"),), ("moderate", "k2")),
+    ("grpo", "trl", (("reward_weights", (1.0, 0.5)),), ("k2",)),
+    ("grpo", "trl", (("multi_reward", "normalize_then_sum"), ("reward_weights", (0.5, 2.0))), ("k2",)),
 ]
 
 _G1 = ("grpo", "gpg", "rloo")  # verl presets also run on groups of one
@@ -95,7 +113,14 @@ XFAIL: dict[tuple, str] = {}
 # Objectives without stop-gradients: jax.grad must match central differences.
 NO_STOP_GRADIENT = {"ppo_clip", "sequence", "geo_mean", "logp", "sapo"}
 
-SHAPES = {"moderate": (3, 4, 6), "extreme": (3, 4, 6), "g2": (3, 2, 5), "g1": (3, 1, 5), "float32": (3, 4, 6)}
+SHAPES = {
+    "moderate": (3, 4, 6),
+    "extreme": (3, 4, 6),
+    "g2": (3, 2, 5),
+    "g1": (3, 1, 5),
+    "float32": (3, 4, 6),
+    "k2": (3, 4, 6),
+}
 
 
 def make_spec(name: str, flavor: str, overrides: tuple) -> methods.MethodSpec:
@@ -182,6 +207,11 @@ def _raw_data(kind: str, seed: int) -> dict[str, np.ndarray]:
         x_ref[0, 2, :] = -22.0  # beyond verl's KL clamps
         x_ref[1, 0, 0] = 3.5  # k3 = 28.6 > 10
 
+    if kind == "k2":  # two reward functions: [B, G, 2]
+        rewards = np.stack([rewards, rng.integers(0, 3, size=(b, g)) / 2.0], axis=-1)
+
+    # Valid log-probabilities (<= 0) for logp, logp_old = logp - x and logp_ref = logp + x_ref.
+    logp = logp + np.minimum(0.0, np.minimum(x, -x_ref))
     logp_old = logp - x
     logp_ref = logp + x_ref
     base = rng.integers(0, 3, size=(b, t))
@@ -247,6 +277,9 @@ def _min_margin(fields: dict, data: dict, margin: float) -> float:
     adv = reference_advantages(fields, data["rewards"])[0]
     if fields["prune_gamma"] is not None:
         dists.append(np.min(np.abs(np.abs(adv) - fields["prune_gamma"])))
+        sigma = reference_advantages(fields, data["rewards"])[2][:, None]
+        std_adv = np.where(sigma + fields["std_eps"] > 0, adv / np.maximum(sigma + fields["std_eps"], 1e-300), 0.0)
+        dists.append(np.min(np.abs(np.abs(std_adv) - fields["prune_gamma"])))
     if fields["entropy_threshold"] is not None:
         mean_h = (data["entropy"] * data["mask"]).sum(-1)[lengths > 0] / lengths[lengths > 0]
         dists.append(np.min(np.abs(mean_h - fields["entropy_threshold"])))
@@ -407,20 +440,20 @@ def test_gtpo_conflicts_are_the_leading_run_of_shared_positions():
     """Completion 0 shares position 0 with completion 1 and position 1 with completion 2 (both A < 0):
     both positions are conflict tokens (a run of positions, each shared with some opposite-sign
     completion), position 2 is not; completion 2's position 1 is not (its run breaks at position 0)."""
-    spec = methods.get("gtpo")
+    spec = methods.get("gtpo", beta=0.0)  # policy term only; entropy 0.5 < ln 2 keeps delta_i = 1
     tokens = np.array([[[1, 2, 3], [1, 7, 8], [9, 2, 6]]], np.int32)
     mask, zeros, rewards = np.ones((1, 3, 3)), np.zeros((1, 3, 3)), np.array([[1.0, 0.0, 0.0]])
     adv = reference_advantages(spec_fields(spec), rewards)[0]
     expected = np.array([[[True, True, False], [True, False, False], [False, False, False]]])
     np.testing.assert_array_equal(conflict_tokens(tokens, mask, adv), expected)
-    ref = reference_coefficients(spec_fields(spec), zeros, mask, zeros, rewards, tokens=tokens, entropy=mask)
+    ref = reference_coefficients(spec_fields(spec), zeros, mask, zeros, rewards, tokens=tokens, entropy=0.5 * mask)
     with jax.enable_x64(True):
         batch = jgrpo.GroupBatch(
             mask=jnp.asarray(mask),
             logp_old=jnp.asarray(zeros),
             rewards=jnp.asarray(rewards),
             tokens=jnp.asarray(tokens),
-            entropy=jnp.asarray(mask),
+            entropy=jnp.asarray(0.5 * mask),
         )
         _, grad = lib_value_and_grad(spec, jnp.asarray(zeros), batch)
     # alpha = lambda / (G |o_i|): lambda = 2 on completion 0's conflicts, 0 on completion 1's, 1 elsewhere.

@@ -1,0 +1,1 @@
+"""One module per benchmark section; each exports ``SECTION`` (see :mod:`experiments.bench.registry`)."""
