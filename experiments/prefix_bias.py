@@ -341,9 +341,12 @@ def _w_full_float64(name: str, rewards: np.ndarray, lengths: np.ndarray) -> np.n
     b, g = r.shape
     adv = r - r.mean(-1, keepdims=True)
     sigma = np.sqrt((adv**2).mean(-1, keepdims=True))
-    if name in ("grpo", "gspo"):
-        w = np.where(sigma > 0, adv / (g * n * np.where(sigma > 0, sigma, 1.0)), 0.0).sum(-1)
-    else:  # dr_grpo, dapo and every debiased preset: the same weight for every completion of the node
+    safe = np.where(sigma > 0, sigma, 1.0)
+    if name in ("grpo", "gspo"):  # alpha = 1/(G |o_i| sigma): Omega_i the same, omega_i ∝ 1/|o_i|
+        w = np.where(sigma > 0, adv / (g * n * safe), 0.0).sum(-1)
+    elif name == "gcpo":  # Table 1 literally: the sequence ratio's term on every token, Omega_i = |o_i|/(sigma G)
+        w = np.where(sigma > 0, adv * n / (g * safe), 0.0).sum(-1)
+    else:  # dr_grpo, dapo, gcpo once per completion, every debiased preset: one weight for the whole node
         w = np.zeros(b)
     return w / b
 
@@ -352,6 +355,8 @@ def _verify_specs(cfg: Config):
     out = []
     for name in cfg.verify_presets or jgrpo.methods.names():
         out.append((name, False, jgrpo.methods.get(name, beta=0.0)))
+        if name == "gcpo":  # the other reading of Table 1's GCPO: its sequence-ratio term once per completion
+            out.append(("gcpo_once", False, jgrpo.methods.get(name, beta=0.0, sequence_terms="once")))
         if name != "gmpo":  # gmpo's 1/|o_i| is inside its geometric mean (prefix_debias rejects it)
             out.append((name, True, jgrpo.methods.get(name, beta=0.0, prefix_debias=True)))
     return out
@@ -414,7 +419,7 @@ def _part_a(ctx: Context, cfg: Config):
             "max_abs_coefficient": scale,
         }
         rec["w_agg_full_rel"] = rec["w_agg_full_mean_abs"] / scale if scale else 0.0
-        if name in ("grpo", "gspo", "dr_grpo", "dapo") or debias:
+        if name in ("grpo", "gspo", "dr_grpo", "dapo", "gcpo", "gcpo_once") or debias:
             ref = _w_full_float64("zero" if debias else name, rewards, lengths)[group_of]
             err = np.abs(w[full].astype(np.float64) - ref)
             rec["w_full_float64_max_err_rel"] = float(err.max() / scale) if full.any() and scale else 0.0
@@ -459,8 +464,12 @@ def _verification_claims(a: dict, a_stats: dict, b_stats: dict | None) -> list[C
     nodes = a_stats["fully_shared_nodes"]
     for names, what in (
         (("grpo", "gspo"), "Σ_i A_i / (G|o_i|σ) (ω ∝ 1/|o_i|)"),
-        (("dr_grpo", "dapo"), "0 (ω the same for every completion of the group)"),
+        (("dr_grpo", "dapo", "gcpo_once"), "0 (ω the same for every completion of the group)"),
+        (("gcpo",), "Σ_i |o_i| A_i / (Gσ) (Table 1 literally: a long-answer weighting)"),
     ):
+        names = tuple(n for n in names if n in a)
+        if not names:
+            continue
         err = max(a[n]["w_full_float64_max_err_rel"] for n in names)
         size = max(a[n]["w_full_float64_mean_abs"] / max(a[n]["max_abs_coefficient"], 1e-30) for n in names)
         claims.append(
@@ -688,7 +697,7 @@ def _run(ctx: Context, cfg: Config):
 
 def _figure(ctx: Context, cfg: Config, a: dict, per: dict) -> None:
     fig, axes = new_figure(3, 1, size=(5.4, 3.8))
-    names = [n for n in jgrpo.methods.names() if n in a]
+    names = [m for n in jgrpo.methods.names() for m in (n, f"{n}_once") if m in a]  # gcpo_once beside gcpo
     x = np.arange(len(names))
     floor = 1e-9
     ax = axes[0, 0]
