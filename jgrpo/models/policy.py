@@ -1,0 +1,174 @@
+"""A loaded model as a jgrpo policy: the ``logprob_fn`` protocol and a KV-cache decoder for sampling.
+
+``logprob_fn(model)(params, tokens [..., G, T], prompt [..., P]) -> logp [..., G, T]`` is
+the protocol of :mod:`jgrpo.policies`: one forward pass over ``prompt + completion`` per
+completion, ``log_softmax`` in float32 at positions ``P-1 .. P+T-2``. Prompts may be
+left-padded: pass ``prompt_mask`` (1 on real prompt tokens), the same one the sampler got.
+
+:func:`decoder` wraps a model for :func:`jgrpo.sampling.sample`: a prefill of the B
+prompts, a cache repeated G times, and one token per step on top of the cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jgrpo.models import transformer as tf
+from jgrpo.models.config import ModelConfig
+
+__all__ = ["Decoder", "TabularDecoder", "decoder", "logprob_and_entropy_fn", "logprob_fn", "tabular_decoder"]
+
+
+def _entropy(logp_v: jax.Array) -> jax.Array:
+    p = jnp.exp(logp_v)
+    return -jnp.sum(jnp.where(p > 0, p * logp_v, 0.0), axis=-1)
+
+
+def _config_of(model: Any) -> ModelConfig | None:
+    if isinstance(model, ModelConfig):
+        return model
+    return getattr(model, "config", None) if isinstance(getattr(model, "config", None), ModelConfig) else None
+
+
+def _check(tokens: Any, prompt: Any, prompt_mask: Any) -> None:
+    tshape, pshape = tuple(np.shape(tokens)), tuple(np.shape(prompt))
+    if len(tshape) < 2:
+        raise ValueError(f"tokens must have shape [..., G, T] (rank >= 2), got {tshape}")
+    if len(pshape) < 1 or pshape[:-1] != tshape[:-2]:
+        raise ValueError(
+            f"prompt must have shape [..., P] with the leading dims of tokens {tshape}, i.e. "
+            f"{tshape[:-2] + (pshape[-1] if pshape else 'P',)}; got {pshape}"
+        )
+    if pshape[-1] < 1:
+        raise ValueError("prompt must have at least one token (P >= 1) to predict the first completion token")
+    for name, x in (("tokens", tokens), ("prompt", prompt)):
+        if not jnp.issubdtype(jnp.result_type(x), jnp.integer):
+            raise TypeError(f"{name} must be an integer array of token ids, got dtype {jnp.result_type(x)}")
+    if prompt_mask is not None and tuple(np.shape(prompt_mask)) != pshape:
+        raise ValueError(f"prompt_mask must have the shape of prompt {pshape}, got {tuple(np.shape(prompt_mask))}")
+
+
+def _scores(model: Any, params: Any, tokens: jax.Array, prompt: jax.Array, prompt_mask: Any, temperature: Any):
+    tshape, p = tokens.shape, prompt.shape[-1]
+    lead, (g, t) = tshape[:-2], tshape[-2:]
+    prompt_g = jnp.broadcast_to(prompt[..., None, :], lead + (g, p)).astype(jnp.int32)
+    ids = jnp.concatenate([prompt_g, tokens.astype(jnp.int32)], axis=-1).reshape(-1, p + t)
+    if prompt_mask is None:
+        mask = None
+    else:
+        pm = jnp.broadcast_to(jnp.asarray(prompt_mask)[..., None, :], lead + (g, p)).astype(jnp.int32)
+        mask = jnp.concatenate([pm, jnp.ones(lead + (g, t), jnp.int32)], axis=-1).reshape(-1, p + t)
+    config = _config_of(model)
+    if config is not None:  # logits only where they are read: [N, T, V], not [N, P+T, V]
+        hidden = tf.hidden_states(config, params, ids, mask)[:, p - 1 : p + t - 1]
+        logits = tf.logits_from_hidden(config, params, hidden)
+    else:
+        logits = (model(params, ids) if mask is None else model(params, ids, mask))[:, p - 1 : p + t - 1]
+    logits = logits.astype(jnp.float32) / temperature
+    logp_v = jax.nn.log_softmax(logits, axis=-1).reshape(tshape + logits.shape[-1:])
+    logp = jnp.take_along_axis(logp_v, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return logp, _entropy(logp_v)
+
+
+@functools.cache
+def logprob_and_entropy_fn(model: Any, *, temperature: float = 1.0) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """``(params, tokens [..., G, T], prompt [..., P], prompt_mask=None) -> (logp, entropy)`` ``[..., G, T]`` float32.
+
+    Args:
+      model: a ``model_fn`` of :func:`jgrpo.models.from_pretrained` (or its
+        :class:`ModelConfig`), or any causal ``model_fn(params, ids [N, L], mask=None) -> logits``.
+      temperature: the policy is ``softmax(logits / temperature)`` (static; 1 = the model).
+
+    ``logp[..., i, t] = log pi(tokens[..., i, t] | prompt, tokens[..., i, :t])``; ``entropy`` is
+    the entropy of that next-token distribution. Cached per (model, temperature).
+    """
+
+    def fn(params: Any, tokens: Any, prompt: Any, prompt_mask: Any = None) -> tuple[jax.Array, jax.Array]:
+        _check(tokens, prompt, prompt_mask)
+        return _scores(model, params, jnp.asarray(tokens), jnp.asarray(prompt), prompt_mask, temperature)
+
+    return fn
+
+
+@functools.cache
+def logprob_fn(model: Any, *, temperature: float = 1.0) -> Callable[..., jax.Array]:
+    """``logprob_fn(params, tokens [..., G, T], prompt [..., P], prompt_mask=None) -> logp [..., G, T]`` float32.
+
+    The :class:`jgrpo.policies.LogprobFn` protocol for a loaded model (see
+    :func:`logprob_and_entropy_fn`)::
+
+        model_fn, params = jgrpo.models.from_pretrained(path)
+        logp = jgrpo.models.logprob_fn(model_fn)(params, tokens, prompt)
+    """
+    both = logprob_and_entropy_fn(model, temperature=temperature)
+
+    def fn(params: Any, tokens: Any, prompt: Any, prompt_mask: Any = None) -> jax.Array:
+        return both(params, tokens, prompt, prompt_mask)[0]
+
+    return fn
+
+
+# ----------------------------------------------------------------------------- decoders for sampling
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoder:
+    """Incremental decoding of a :class:`ModelConfig` model with a KV cache (hashable: a static argument).
+
+    ``prefill(params, prompt [N, P], prompt_mask [N, P], max_len)`` -> (next-token logits
+    ``[N, V]`` float32, state) and ``step(params, tokens [N], state)`` -> (logits, state).
+    """
+
+    config: ModelConfig
+
+    def prefill(self, params: Any, prompt: jax.Array, prompt_mask: jax.Array, max_len: int):
+        cache = tf.init_cache(self.config, prompt.shape[0], prompt.shape[1] + max_len)
+        logits, cache = tf.decode(self.config, params, prompt, cache, prompt_mask)
+        return logits[:, -1], cache
+
+    def step(self, params: Any, tokens: jax.Array, state: tf.KVCache):
+        logits, state = tf.decode(self.config, params, tokens[:, None], state)
+        return logits[:, 0], state
+
+
+def decoder(model: Any) -> Decoder:
+    """The KV-cache :class:`Decoder` of a ``model_fn`` from :func:`jgrpo.models.from_pretrained` (or its config)."""
+    config = _config_of(model)
+    if config is None:
+        raise TypeError(f"decoder needs a jgrpo.models model_fn or ModelConfig, got {type(model).__name__}")
+    return Decoder(config)
+
+
+@dataclasses.dataclass(frozen=True)
+class TabularDecoder:
+    """The tabular policy of :mod:`jgrpo.policies` as a decoder: its context is (position, previous token).
+
+    The "cache" is the previous token and the completion position; a step reads one row
+    of the ``[T, V+1, V]`` table. The prompt is ignored, as by the policy.
+    """
+
+    def prefill(self, params: Any, prompt: jax.Array, prompt_mask: jax.Array, max_len: int):
+        table = params["logits"]
+        if max_len > table.shape[0]:
+            raise ValueError(f"max_len = {max_len} exceeds the tabular policy's T = {table.shape[0]}")
+        n, vocab = prompt.shape[0], table.shape[-1]
+        state = (jnp.ones((n,), jnp.int32), jnp.ones((), jnp.int32))  # (prev token, next position)
+        return jnp.broadcast_to(table[0, vocab], (n, vocab)).astype(jnp.float32), state
+
+    def step(self, params: Any, tokens: jax.Array, state: Any):
+        table = params["logits"]
+        _, t = state
+        row = table[jnp.minimum(t, table.shape[0] - 1), tokens]
+        return row.astype(jnp.float32), (tokens, t + 1)
+
+
+def tabular_decoder() -> TabularDecoder:
+    """The :class:`TabularDecoder` (same results as ``jgrpo.policies.tabular_logits_fn(P)``, O(1) per token)."""
+    return TabularDecoder()
