@@ -73,7 +73,7 @@ def build(
 
 
 def to_transformers4_layout(path: str | os.PathLike) -> dict:
-    """Rewrites ``path/config.json`` in the transformers 4 layout: ``rope_theta`` + ``rope_scaling``, ``torch_dtype``."""
+    """Rewrites ``path/config.json`` in the transformers 4 layout: rope_theta, rope_scaling, torch_dtype."""
     file = os.path.join(os.fspath(path), "config.json")
     with open(file) as f:
         cfg = json.load(f)

@@ -46,13 +46,24 @@ LEFT_IDS = np.stack([np.roll(row, L - n) for row, n in zip(IDS, LENGTHS, strict=
 ALL_IDS = np.concatenate([IDS, IDS, LEFT_IDS])
 ALL_MASK = np.concatenate([np.ones_like(RIGHT), RIGHT, LEFT])
 
+_DEFAULT4, _DEFAULT6 = ({"rope_type": "default", "rope_theta": t} for t in (1e4, 1e6))
 CASES = {
     # family, build overrides, rewrite config.json in the transformers-4 layout, on-disk dtype
-    "qwen2-tied-v5": ("qwen2", dict(tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 1e4}), False, torch.float32),
-    "qwen3-untied-v4": ("qwen3", dict(tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": 1e6}), True, torch.float32),
-    "llama31-bf16-sharded-v4": ("llama", dict(rope_parameters=LLAMA31_ROPE, max_shard_size="40KB"), True, torch.bfloat16),
-    "llama31-bias-tied-v5": ("llama", dict(rope_parameters=LLAMA31_ROPE, attention_bias=True, mlp_bias=True, tie_word_embeddings=True), False, torch.float32),
-}  # fmt: skip
+    "qwen2-tied-v5": ("qwen2", dict(tie_word_embeddings=True, rope_parameters=_DEFAULT4), False, torch.float32),
+    "qwen3-untied-v4": ("qwen3", dict(tie_word_embeddings=False, rope_parameters=_DEFAULT6), True, torch.float32),
+    "llama31-bf16-sharded-v4": (
+        "llama",
+        dict(rope_parameters=LLAMA31_ROPE, max_shard_size="40KB"),
+        True,
+        torch.bfloat16,
+    ),
+    "llama31-bias-tied-v5": (
+        "llama",
+        dict(rope_parameters=LLAMA31_ROPE, attention_bias=True, mlp_bias=True, tie_word_embeddings=True),
+        False,
+        torch.float32,
+    ),
+}
 
 _BUILT: dict = {}
 

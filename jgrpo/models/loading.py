@@ -55,7 +55,7 @@ def hf_names(config: ModelConfig) -> dict[str, tuple[tuple[str, ...], tuple[int,
     """Our leaf path (``"layers/wq"``) -> (the transformers tensor name per layer, its on-disk shape, transposed?)."""
     shapes = param_shapes(config)
     out = {}
-    for key, (name, transposed) in _TOP.items():
+    for key, (name, _) in _TOP.items():
         out[key] = ((name,), shapes[key], False)
     if "lm_head" in shapes:
         d, v = shapes["lm_head"]
