@@ -288,25 +288,32 @@ def config_from_hf(cfg: Mapping[str, Any], *, dtype: Any = None, where: str = "c
     if dtype is None:
         dtype = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
     dtype_name = _dtype_name(dtype, where)
-    return ModelConfig(
-        model_type=model_type,
-        vocab_size=int(_require(cfg, "vocab_size", where)),
-        hidden_size=hidden,
-        intermediate_size=int(_require(cfg, "intermediate_size", where)),
-        num_layers=int(_require(cfg, "num_hidden_layers", where)),
-        num_heads=heads,
-        num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-        head_dim=int(head_dim),
-        rms_norm_eps=float(_get(cfg, "rms_norm_eps", 1e-6, where)),
-        max_position_embeddings=int(_get(cfg, "max_position_embeddings", 2048, where)),
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        qkv_bias=True if model_type == "qwen2" else attention_bias,
-        o_bias=False if model_type == "qwen2" else attention_bias,
-        mlp_bias=bool(cfg.get("mlp_bias", False)) if model_type == "llama" else False,
-        qk_norm=model_type == "qwen3",
-        dtype=dtype_name,
-        **_rope(cfg, where),
-    )
+    try:
+        return _build(
+            model_type=model_type,
+            vocab_size=int(_require(cfg, "vocab_size", where)),
+            hidden_size=hidden,
+            intermediate_size=int(_require(cfg, "intermediate_size", where)),
+            num_layers=int(_require(cfg, "num_hidden_layers", where)),
+            num_heads=heads,
+            num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+            head_dim=int(head_dim),
+            rms_norm_eps=float(_get(cfg, "rms_norm_eps", 1e-6, where)),
+            max_position_embeddings=int(_get(cfg, "max_position_embeddings", 2048, where)),
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            qkv_bias=True if model_type == "qwen2" else attention_bias,
+            o_bias=False if model_type == "qwen2" else attention_bias,
+            mlp_bias=bool(cfg.get("mlp_bias", False)) if model_type == "llama" else False,
+            qk_norm=model_type == "qwen3",
+            dtype=dtype_name,
+            **_rope(cfg, where),
+        )
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+def _build(**kw: Any) -> ModelConfig:
+    return ModelConfig(**kw)
 
 
 def _dtype_name(dtype: Any, where: str) -> str:
