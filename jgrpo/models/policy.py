@@ -122,16 +122,26 @@ def logprob_fn(model: Any, *, temperature: float = 1.0) -> Callable[..., jax.Arr
 class Decoder:
     """Incremental decoding of a :class:`ModelConfig` model with a KV cache (hashable: a static argument).
 
-    ``prefill(params, prompt [N, P], prompt_mask [N, P], max_len)`` -> (next-token logits
-    ``[N, V]`` float32, state) and ``step(params, tokens [N], state)`` -> (logits, state).
+    ``prefill(params, prompt [B, P], prompt_mask [B, P], max_len, group_size)`` runs the B
+    prompts once and returns the next-token logits ``[B*G, V]`` float32 (row ``b*G + i``)
+    and the state (the :class:`jgrpo.models.KVCache` repeated G times, with room for
+    ``max_len`` more tokens); ``step(params, tokens [B*G], state)`` -> (logits, state).
     """
 
     config: ModelConfig
 
-    def prefill(self, params: Any, prompt: jax.Array, prompt_mask: jax.Array, max_len: int):
+    def prefill(self, params: Any, prompt: jax.Array, prompt_mask: jax.Array, max_len: int, group_size: int):
         cache = tf.init_cache(self.config, prompt.shape[0], prompt.shape[1] + max_len)
         logits, cache = tf.decode(self.config, params, prompt, cache, prompt_mask)
-        return logits[:, -1], cache
+        g = group_size
+        cache = tf.KVCache(
+            k=jnp.repeat(cache.k, g, axis=1),
+            v=jnp.repeat(cache.v, g, axis=1),
+            valid=jnp.repeat(cache.valid, g, axis=0),
+            pos=jnp.repeat(cache.pos, g, axis=0),
+            index=cache.index,
+        )
+        return jnp.repeat(logits[:, -1], g, axis=0), cache
 
     def step(self, params: Any, tokens: jax.Array, state: tf.KVCache):
         logits, state = tf.decode(self.config, params, tokens[:, None], state)
@@ -154,11 +164,11 @@ class TabularDecoder:
     of the ``[T, V+1, V]`` table. The prompt is ignored, as by the policy.
     """
 
-    def prefill(self, params: Any, prompt: jax.Array, prompt_mask: jax.Array, max_len: int):
+    def prefill(self, params: Any, prompt: jax.Array, prompt_mask: jax.Array, max_len: int, group_size: int):
         table = params["logits"]
         if max_len > table.shape[0]:
             raise ValueError(f"max_len = {max_len} exceeds the tabular policy's T = {table.shape[0]}")
-        n, vocab = prompt.shape[0], table.shape[-1]
+        n, vocab = prompt.shape[0] * group_size, table.shape[-1]
         state = (jnp.ones((n,), jnp.int32), jnp.ones((), jnp.int32))  # (prev token, next position)
         return jnp.broadcast_to(table[0, vocab], (n, vocab)).astype(jnp.float32), state
 

@@ -106,6 +106,15 @@ def init_params(config: ModelConfig, key: jax.Array, *, std: float = 0.02) -> di
     What a checkpoint "built from its config with random weights" is (transformers'
     ``initializer_range`` is 0.02), e.g. for benchmarks without downloadable weights.
     """
+    return _init(config, float(std))(key)
+
+
+@functools.cache
+def _init(config: ModelConfig, std: float) -> Callable[[jax.Array], dict[str, Any]]:
+    return jax.jit(functools.partial(_init_impl, config, std))
+
+
+def _init_impl(config: ModelConfig, std: float, key: jax.Array) -> dict[str, Any]:
     shapes = param_shapes(config)
     leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda s: isinstance(s, tuple))
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(shapes, is_leaf=_is_shape)[0]]
