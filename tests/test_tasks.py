@@ -143,7 +143,7 @@ def test_warmup_raises_accuracy_above_chance():
     config = policies.TransformerConfig.tiny(vocab=TASK.vocab_size, max_len=TASK.prompt_len + TASK.max_len)
     graphdef, params = policies.make_transformer(jax.random.key(0), config)
     mesh = jtrain.data_mesh()
-    params = jtrain._replicate(params, mesh)
+    params = jtrain._place(params, mesh)
     evaluate = lambda p: jtrain.evaluate(  # noqa: E731
         TASK, graphdef, p, jax.random.key(7), num_prompts=256, compiler_options=COMPILE_OPTIONS
     )

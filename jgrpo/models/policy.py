@@ -65,15 +65,39 @@ def _scores(model: Any, params: Any, tokens: jax.Array, prompt: jax.Array, promp
     else:
         pm = jnp.broadcast_to(jnp.asarray(prompt_mask)[..., None, :], lead + (g, p)).astype(jnp.int32)
         mask = jnp.concatenate([pm, jnp.ones(lead + (g, t), jnp.int32)], axis=-1).reshape(-1, p + t)
+    targets = tokens.reshape(-1, t).astype(jnp.int32)
     config = _config_of(model)
-    if config is not None:  # logits only where they are read: [N, T, V], not [N, P+T, V]
-        hidden = tf.hidden_states(config, params, ids, mask)[:, p - 1 : p + t - 1]
-        logits = tf.logits_from_hidden(config, params, hidden)
-    else:
+    if config is None:
         logits = (model(params, ids) if mask is None else model(params, ids, mask))[:, p - 1 : p + t - 1]
-    logits = logits.astype(jnp.float32) / temperature
-    logp_v = jax.nn.log_softmax(logits, axis=-1).reshape(tshape + logits.shape[-1:])
-    logp = jnp.take_along_axis(logp_v, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
+        logp, ent = _token_scores(logits, targets, temperature)
+        return logp.reshape(tshape), ent.reshape(tshape)
+    # Logits only where they are read ([N, T, V], not [N, P+T, V]), in chunks of the T axis, each
+    # rematerialised: the [N, T, V] float32 logits never exist at once (V = 151936 for Qwen).
+    hidden = tf.hidden_states(config, params, ids, mask)[:, p - 1 : p + t - 1]
+    chunk = min(t, _CHUNK)
+    n_chunks = -(-t // chunk)
+    pad = n_chunks * chunk - t
+    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+    targets_p = jnp.pad(targets, ((0, 0), (0, pad)))
+
+    @jax.checkpoint
+    def score(h, y):
+        return _token_scores(tf.logits_from_hidden(config, params, h), y, temperature)
+
+    h_c = hidden.reshape(hidden.shape[0], n_chunks, chunk, -1).swapaxes(0, 1)
+    y_c = targets_p.reshape(-1, n_chunks, chunk).swapaxes(0, 1)
+    logp, ent = jax.lax.map(lambda xs: score(*xs), (h_c, y_c))  # [C, N, chunk]
+    logp, ent = (x.swapaxes(0, 1).reshape(-1, n_chunks * chunk)[:, :t].reshape(tshape) for x in (logp, ent))
+    return logp, ent
+
+
+_CHUNK = 256
+
+
+def _token_scores(logits: jax.Array, targets: jax.Array, temperature: Any) -> tuple[jax.Array, jax.Array]:
+    """``(logp, entropy)`` ``[N, T]`` float32 of ``targets`` under ``softmax(logits [N, T, V] / temperature)``."""
+    logp_v = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+    logp = jnp.take_along_axis(logp_v, targets[..., None], axis=-1)[..., 0]
     return logp, _entropy(logp_v)
 
 
