@@ -91,6 +91,10 @@ def test_loads_single_and_sharded_identically(tmp_path):
     # bf16 on disk -> float32 exactly; our layout is [in, out] (transformers stores [out, in]).
     w = tensors["model.layers.1.self_attn.q_proj.weight"].astype(np.float32)
     np.testing.assert_array_equal(np.asarray(p1["layers"]["wq"][1]), w.T)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    seen = []
+    _, placed = M.from_pretrained(tmp_path / "one", sharding=lambda shape: seen.append(shape) or device)
+    assert (32, 16) in seen and all(x.sharding == device for x in jax.tree.leaves(placed))  # embed [V, D]
     _, native = M.from_pretrained(tmp_path / "one", dtype=None)  # torch_dtype bfloat16
     assert {x.dtype for x in jax.tree.leaves(native)} == {jnp.dtype(jnp.bfloat16)}
     assert fn1(p1, jnp.zeros((1, 3), jnp.int32)).shape == (1, 3, 32)

@@ -221,6 +221,18 @@ def test_cached_and_uncached_samplers_draw_the_same_tokens(hf_model):
     np.testing.assert_allclose(a.logp_old, b.logp_old, atol=1e-5)
 
 
+def test_nnx_decoder_matches_the_recomputing_sampler(tf, tf_samples):
+    """The tiny NNX transformer through its KV-cache decoder: same tokens, log-probs equal to the scorer's."""
+    graphdef, params, prompt = tf
+    s1 = tf_samples[0]
+    s = sample(M.nnx_decoder(graphdef), params, prompt, jax.random.key(2), group_size=G, max_len=T, eos_id=EOS)
+    np.testing.assert_array_equal(s.tokens, s1.tokens)
+    logp, ent = P.nnx_logprob_and_entropy_fn(graphdef)(params, s.tokens, prompt)
+    m = np.asarray(s.mask)
+    np.testing.assert_allclose(np.asarray(s.logp_old), np.asarray(logp) * m, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(s.entropy), np.asarray(ent) * m, atol=1e-5)
+
+
 def test_tabular_decoder_matches_tabular_logits_fn():
     params = P.tabular_init(jax.random.key(4), vocab=TV, max_len=TT, scale=1.5)
     prompt = jnp.zeros((B, 1), jnp.int32)

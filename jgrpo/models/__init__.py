@@ -18,10 +18,12 @@ from jgrpo.models.config import ModelConfig, config_from_hf, load_config
 from jgrpo.models.loading import from_pretrained, load_params
 from jgrpo.models.policy import (
     Decoder,
+    NNXDecoder,
     TabularDecoder,
     decoder,
     logprob_and_entropy_fn,
     logprob_fn,
+    nnx_decoder,
     tabular_decoder,
 )
 from jgrpo.models.transformer import KVCache, decode, forward, init_cache, init_params, model_fn, param_shapes
@@ -30,6 +32,7 @@ __all__ = [
     "Decoder",
     "KVCache",
     "ModelConfig",
+    "NNXDecoder",
     "TabularDecoder",
     "config_from_hf",
     "decode",
@@ -43,6 +46,7 @@ __all__ = [
     "logprob_and_entropy_fn",
     "logprob_fn",
     "model_fn",
+    "nnx_decoder",
     "param_shapes",
     "tabular_decoder",
 ]

@@ -108,8 +108,10 @@ def load_params(config: ModelConfig, path: str | os.PathLike, *, sharding: Any =
       config: the model's configuration (its ``dtype`` is the dtype of the returned arrays).
       path: the checkpoint directory.
       sharding: where to put each leaf: None (the default device), one ``jax.sharding.Sharding``
-        for every leaf, or a pytree of shardings with the params' structure (e.g.
-        :func:`jgrpo.train.fsdp_shardings`), so a large model lands sharded without a full copy
+        for every leaf, a function ``shape -> Sharding`` (e.g.
+        ``lambda shape: NamedSharding(mesh, jgrpo.train.fsdp_spec(shape, mesh.shape["fsdp"]))``),
+        or a pytree of shardings with the params' structure (e.g. :func:`jgrpo.train.fsdp_shardings`
+        of ``jax.eval_shape`` of the params), so a large model lands sharded without a full copy
         on one device.
 
     Raises:
@@ -140,9 +142,12 @@ def load_params(config: ModelConfig, path: str | os.PathLike, *, sharding: Any =
 def _flat_shardings(sharding: Any, shapes: dict[str, Any]) -> dict[str, Any]:
     if sharding is None:
         return {}
+    flat = {k: v for k, v in shapes.items() if k != "layers"}
+    flat.update({f"layers/{k}": v for k, v in shapes["layers"].items()})
     if isinstance(sharding, jax.sharding.Sharding):
-        keys = [k for k in shapes if k != "layers"] + [f"layers/{k}" for k in shapes["layers"]]
-        return dict.fromkeys(keys, sharding)
+        return dict.fromkeys(flat, sharding)
+    if callable(sharding):
+        return {k: sharding(tuple(shape)) for k, shape in flat.items()}
     if not isinstance(sharding, dict) or set(sharding) != set(shapes):
         raise ValueError(f"sharding must be None, a Sharding, or a dict with the params' keys {sorted(shapes)}")
     out = {k: v for k, v in sharding.items() if k != "layers"}

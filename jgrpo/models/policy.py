@@ -23,7 +23,16 @@ import numpy as np
 from jgrpo.models import transformer as tf
 from jgrpo.models.config import ModelConfig
 
-__all__ = ["Decoder", "TabularDecoder", "decoder", "logprob_and_entropy_fn", "logprob_fn", "tabular_decoder"]
+__all__ = [
+    "Decoder",
+    "NNXDecoder",
+    "TabularDecoder",
+    "decoder",
+    "logprob_and_entropy_fn",
+    "logprob_fn",
+    "nnx_decoder",
+    "tabular_decoder",
+]
 
 
 def _entropy(logp_v: jax.Array) -> jax.Array:
@@ -206,3 +215,70 @@ class TabularDecoder:
 def tabular_decoder() -> TabularDecoder:
     """The :class:`TabularDecoder` (same results as ``jgrpo.policies.tabular_logits_fn(P)``, O(1) per token)."""
     return TabularDecoder()
+
+
+@dataclasses.dataclass(frozen=True)
+class NNXDecoder:
+    """KV-cache decoding of :class:`jgrpo.policies.Transformer` (the tiny NNX policy of the experiments).
+
+    Runs the module's own layers (``tok_embed``, ``pos_embed``, each block's ``ln1``, ``qkv``,
+    ``proj``, ``ln2``, ``fc1``, ``fc2``, then ``ln_f`` and ``head``) one position at a time on
+    cached keys and values; the same computation as ``Transformer.__call__`` (tests compare
+    the sampled log-probs with ``nnx_logprob_and_entropy_fn`` to 1e-5). Positions are slot
+    indices (learned absolute embeddings), so prompts must not be left-padded: pass no
+    ``prompt_mask`` (all ones).
+    """
+
+    graphdef: Any
+
+    def _run(self, params: Any, ids: jax.Array, state: tuple[jax.Array, jax.Array, jax.Array]):
+        from flax import nnx
+
+        model = nnx.merge(self.graphdef, params)
+        k_all, v_all, index = state
+        n, lq = ids.shape
+        dt = jnp.dtype(model.config.dtype)
+        pos = index + jnp.arange(lq)
+        x = model.tok_embed(ids) + model.pos_embed[...][pos].astype(dt)
+        slots = jnp.arange(k_all.shape[2])
+        mask = slots[None, :] <= pos[:, None]  # [Lq, S]
+        new_k, new_v = [], []
+        for i, block in enumerate(model.blocks):
+            h, d = block.n_heads, x.shape[-1]
+            qkv = block.qkv(block.ln1(x).astype(x.dtype)).reshape(n, lq, 3, h, d // h)
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+            ks = jax.lax.dynamic_update_slice_in_dim(k_all[i], k.astype(k_all.dtype), index, axis=1)
+            vs = jax.lax.dynamic_update_slice_in_dim(v_all[i], v.astype(v_all.dtype), index, axis=1)
+            new_k.append(ks)
+            new_v.append(vs)
+            scores = jnp.einsum("nqhk,nshk->nhqs", q, ks).astype(jnp.float32) / np.sqrt(d // h)
+            scores = jnp.where(mask[None, None], scores, jnp.finfo(jnp.float32).min)
+            attn = jax.nn.softmax(scores, axis=-1).astype(vs.dtype)
+            x = x + block.proj(jnp.einsum("nhqs,nshk->nqhk", attn, vs).reshape(n, lq, d))
+            x = x + block.fc2(jax.nn.gelu(block.fc1(block.ln2(x).astype(x.dtype))))
+        logits = model.head(model.ln_f(x).astype(x.dtype)).astype(jnp.float32)
+        return logits, (jnp.stack(new_k), jnp.stack(new_v), index + lq)
+
+    def prefill(self, params: Any, prompt: jax.Array, prompt_mask: jax.Array, max_len: int, group_size: int):
+        from flax import nnx
+
+        model = nnx.merge(self.graphdef, params)
+        cfg = model.config
+        b, p = prompt.shape
+        if p + max_len > cfg.max_len:
+            raise ValueError(f"P + T = {p} + {max_len} exceeds TransformerConfig.max_len = {cfg.max_len}")
+        shape = (cfg.n_layers, b, p + max_len, cfg.n_heads, cfg.d_model // cfg.n_heads)
+        dt = jnp.dtype(cfg.dtype)
+        state = (jnp.zeros(shape, dt), jnp.zeros(shape, dt), jnp.zeros((), jnp.int32))
+        logits, (k, v, index) = self._run(params, prompt, state)
+        state = (jnp.repeat(k, group_size, axis=1), jnp.repeat(v, group_size, axis=1), index)
+        return jnp.repeat(logits[:, -1], group_size, axis=0), state
+
+    def step(self, params: Any, tokens: jax.Array, state: Any):
+        logits, state = self._run(params, tokens[:, None], state)
+        return logits[:, 0], state
+
+
+def nnx_decoder(graphdef: Any) -> NNXDecoder:
+    """The KV-cache :class:`NNXDecoder` of a ``jgrpo.policies.make_transformer`` graphdef."""
+    return NNXDecoder(graphdef)
