@@ -8,13 +8,14 @@ import numpy as np
 
 import jgrpo.models as M
 from jgrpo.models import policy
+from tests.model_utils import random_params
 
 CFG = M.ModelConfig.tiny("llama", vocab_size=40, hidden_size=32, intermediate_size=64, head_dim=8, num_layers=1)
 
 
 def test_chunked_scores_equal_full_logits(monkeypatch):
     monkeypatch.setattr(policy, "_CHUNK", 4)  # T = 10: chunks of 4, 4 and a padded 2
-    params = M.init_params(CFG, jax.random.key(0), std=0.3)
+    params = random_params(CFG, 0)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 40, size=(2, 3, 10)).astype(np.int32)
     prompt = rng.integers(0, 40, size=(2, 4)).astype(np.int32)

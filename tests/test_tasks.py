@@ -276,17 +276,22 @@ def test_tokenizer_from_checkpoint_directory(tmp_path):
     assert T.load_tokenizer(tmp_path / "noeos").eos_id == 5
 
 
-def test_countdown_rollout_end_to_end(tmp_path):
-    """Text prompt -> ids -> G completions of a (random) checkpoint model -> text -> verifiable reward."""
+def _countdown_policy(tok, kind):
     import jgrpo.models as M
 
-    tok = T.load_tokenizer(make_tokenizer(tmp_path))
+    if kind == "tabular":  # cheap to compile: the same pipeline, a tabular policy over the tokenizer's vocabulary
+        return M.tabular_decoder(), policies.tabular_init(jax.random.key(0), vocab=tok.vocab_size, max_len=8)
     cfg = M.ModelConfig.tiny("qwen2", vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, head_dim=8)
-    params = M.init_params(cfg, jax.random.key(0), std=0.3)
+    return M.decoder(M.model_fn(cfg)), M.init_params(cfg, jax.random.key(0), std=0.3)
+
+
+@pytest.mark.parametrize("kind", ["tabular", pytest.param("checkpoint_model", marks=pytest.mark.slow)])
+def test_countdown_rollout_end_to_end(tmp_path, kind):
+    """Text prompt -> ids -> G completions of a policy -> text -> verifiable reward."""
+    tok = T.load_tokenizer(make_tokenizer(tmp_path))
+    policy, params = _countdown_policy(tok, kind)
     problems = T.countdown_problems(COUNTDOWN, 4, 2)
-    out = T.rollout(
-        M.decoder(M.model_fn(cfg)), params, tok, COUNTDOWN, problems, jax.random.key(1), group_size=3, max_len=8
-    )
+    out = T.rollout(policy, params, tok, COUNTDOWN, problems, jax.random.key(1), group_size=3, max_len=8)
     assert out.rewards.shape == (2, 3) and set(np.unique(out.rewards)) <= {0.0, 1.0}
     assert len(out.texts) == 2 and all(len(r) == 3 and all(isinstance(t, str) for t in r) for r in out.texts)
     assert out.prompt.shape == out.prompt_mask.shape and out.prompt_mask[:, -1].all()

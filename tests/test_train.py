@@ -310,9 +310,10 @@ def _hf_steps(mesh, *, remat: bool, steps: int = 2) -> dict:
     """Two GRPO steps (SGD with momentum, linear in the gradient) of a tiny Qwen2 via make_train_step on ``mesh``."""
     import jgrpo
     import jgrpo.models as M
+    from tests.model_utils import random_params
 
     cfg = M.ModelConfig.tiny("qwen2", vocab_size=64, hidden_size=32, intermediate_size=64, head_dim=8, remat=remat)
-    params = M.init_params(cfg.replace(remat=False), jax.random.key(0), std=0.2)
+    params = random_params(cfg, 0, std=0.2)
     b, g, t, p = 8, 2, 6, 3
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 64, size=(b, g, t)).astype(np.int32)
