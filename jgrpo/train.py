@@ -633,7 +633,7 @@ def make_train_step(
         params = optax.apply_updates(params, updates)
         metrics = {
             "loss": value,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "clip_frac_high": aux["clip_frac_high"],
             "clip_frac_low": aux["clip_frac_low"],
             "kl": aux["kl"],
