@@ -16,11 +16,22 @@ One outer step (:func:`train`), jitted once per configuration:
    (Prop. 3), the shared-prefix aggregate W_agg at the first inner step
    (Prop. 1) and the surrogate J at the first and last inner steps (Prop. 4).
 
-Data parallel: the prompts' batch axis is sharded over the "data" axis of a
-``jax.sharding.Mesh`` (GSPMD inserts the gradient all-reduce), parameters and
-optimizer state are replicated. The same code runs on one CPU, on
-``XLA_FLAGS=--xla_force_host_platform_device_count=8`` virtual CPUs, on a GPU,
-a TPU slice, or several hosts after ``jax.distributed.initialize()``.
+Data parallel and FSDP: the mesh has a "data" axis and optionally an "fsdp" axis
+(:func:`make_mesh`). The prompts' batch axis is sharded over both (every device
+gets its own rows); parameters and optimizer state are sharded FSDP-style over
+"fsdp" (each leaf split along its largest divisible dimension, :func:`fsdp_shardings`)
+and replicated over "data". Only ``jax.sharding`` annotations are used (NamedSharding
+placements and ``with_sharding_constraint``); GSPMD inserts the all-gathers of the
+weights and the reduce-scatters of the gradients. With a 1-D "data" mesh
+(:func:`data_mesh`, the default) parameters are replicated: plain data parallelism.
+The same code runs on one CPU, on ``XLA_FLAGS=--xla_force_host_platform_device_count=8``
+virtual CPUs, on a GPU, a TPU slice, or several hosts: call
+``jax.distributed.initialize()`` first in every process, then build the mesh over
+``jax.devices()`` (all processes' devices); each process then feeds its own rows of
+the global batch (``jax.make_array_from_process_local_data``) and the step is the
+same program everywhere. :func:`make_train_step` is the sharded loss/gradient/update
+step for any ``logprob_fn`` (e.g. a :mod:`jgrpo.models` checkpoint, with
+rematerialisation when its config has ``remat=True``).
 
 Checkpoints (orbax, atomic): params, optimizer state, reference params, the
 RNG key, the step and the metrics history every ``checkpoint_every`` outer
@@ -62,9 +73,14 @@ __all__ = [
     "OPTIMIZERS",
     "TrainConfig",
     "TrainResult",
+    "batch_sharding",
     "data_mesh",
     "evaluate",
+    "fsdp_shardings",
+    "fsdp_spec",
+    "make_mesh",
     "make_optimizer",
+    "make_train_step",
     "policy_logprob",
     "train",
     "warmup",
@@ -72,6 +88,7 @@ __all__ = [
 
 OPTIMIZERS = ("adamw", "sgd", "adam_with_reset", "adam_rel", "gated_adam", "guarded_adamw")
 DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
 
 
 # ----------------------------------------------------------------------------- config
@@ -234,27 +251,97 @@ def data_mesh(devices: Any = None) -> jax.sharding.Mesh:
     return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
 
 
+def make_mesh(*, fsdp: int = 1, data: int | None = None, devices: Any = None) -> jax.sharding.Mesh:
+    """A 2-D mesh ``("data", "fsdp")`` of ``data x fsdp`` devices (default: every device of every process).
+
+    Args:
+      fsdp: devices each parameter is split over (1 = replicated parameters).
+      data: data-parallel replicas; default ``len(devices) // fsdp``.
+      devices: the devices (default ``jax.devices()``; call ``jax.distributed.initialize()``
+        first on multi-host systems).
+
+    Raises:
+      ValueError: ``data * fsdp`` is not the number of devices.
+    """
+    devices = jax.devices() if devices is None else list(devices)
+    _check_int("make_mesh", "fsdp", fsdp, 1)
+    data = len(devices) // fsdp if data is None else data
+    _check_int("make_mesh", "data", data, 1)
+    if data * fsdp != len(devices):
+        raise ValueError(f"make_mesh: data * fsdp = {data} * {fsdp} must equal the number of devices ({len(devices)})")
+    auto = jax.sharding.AxisType.Auto
+    return jax.make_mesh((data, fsdp), (DATA_AXIS, FSDP_AXIS), axis_types=(auto, auto), devices=devices)
+
+
+def _batch_axes(mesh: Any) -> tuple[str, ...]:
+    return tuple(a for a in (DATA_AXIS, FSDP_AXIS) if a in mesh.shape)
+
+
+def _check_mesh(mesh: Any) -> None:
+    names = tuple(mesh.shape)
+    if names not in ((DATA_AXIS,), (DATA_AXIS, FSDP_AXIS)):
+        raise ValueError(
+            f"mesh must have the axes ('{DATA_AXIS}',) or ('{DATA_AXIS}', '{FSDP_AXIS}') (see data_mesh, make_mesh), "
+            f"got axes {dict(mesh.shape)}"
+        )
+
+
 def _check_divisible(name: str, batch: int, mesh: jax.sharding.Mesh) -> None:
-    n = mesh.shape[DATA_AXIS]
+    axes = _batch_axes(mesh)
+    n = int(np.prod([mesh.shape[a] for a in axes]))
     if batch % n:
         raise ValueError(
-            f"{name} = {batch} must be divisible by the number of devices on the mesh's '{DATA_AXIS}' axis ({n}); "
+            f"{name} = {batch} must be divisible by the number of devices on the mesh's batch axes {axes} ({n}); "
             f"use a multiple of {n}"
         )
 
 
-def _replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
-    """Every leaf fully replicated on ``mesh`` (from host values, so it also works across processes)."""
-    sharding = NamedSharding(mesh, P())
-    return jax.tree.map(lambda x: jax.device_put(np.asarray(jax.device_get(x)), sharding), tree)
+def fsdp_spec(shape: tuple[int, ...], n: int) -> P:
+    """The FSDP partition of a parameter of ``shape`` over ``n`` devices: its largest dimension divisible by n.
+
+    The leading axis of a rank >= 3 leaf (the stacked layer axis of :mod:`jgrpo.models`,
+    sliced by the layer scan) is not split. Leaves with no divisible dimension (scalars,
+    small vectors) are replicated. Ties go to the last dimension.
+    """
+    if n <= 1:
+        return P()
+    candidates = [i for i, d in enumerate(shape) if d % n == 0 and d >= n and not (len(shape) >= 3 and i == 0)]
+    if not candidates:
+        return P()
+    axis = max(candidates, key=lambda i: (shape[i], i))
+    return P(*[FSDP_AXIS if i == axis else None for i in range(len(shape))])
+
+
+def fsdp_shardings(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    """A pytree of ``NamedSharding`` for ``tree`` (arrays or ``ShapeDtypeStruct`` leaves): :func:`fsdp_spec` over
+    the mesh's "fsdp" axis, replicated over "data" (fully replicated on a mesh without "fsdp")."""
+    n = mesh.shape.get(FSDP_AXIS, 1)
+    return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(tuple(np.shape(x)), n)), tree)
+
+
+def batch_sharding(mesh: jax.sharding.Mesh, ndim: int) -> NamedSharding:
+    """Leading axis over every batch axis of the mesh ("data" and "fsdp"), the rest replicated."""
+    return NamedSharding(mesh, P(_batch_axes(mesh), *([None] * (ndim - 1))))
+
+
+def _place(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Every leaf placed with its :func:`fsdp_shardings` (from host values, so it also works across processes)."""
+    shardings = fsdp_shardings(tree, mesh)
+    return jax.tree.map(lambda x, sh: jax.device_put(np.asarray(jax.device_get(x)), sh), tree, shardings)
+
+
+def _constrain(tree: Any, mesh: jax.sharding.Mesh | None) -> Any:
+    """``with_sharding_constraint`` of every leaf to its :func:`fsdp_shardings` (inside jit)."""
+    if mesh is None:
+        return tree
+    return jax.lax.with_sharding_constraint(tree, fsdp_shardings(tree, mesh))
 
 
 def _shard_batch(x: jax.Array, mesh: jax.sharding.Mesh | None) -> jax.Array:
-    """Constrains the leading (prompt) axis of ``x`` to the "data" axis."""
+    """Constrains the leading (prompt) axis of ``x`` to the batch axes ("data", and "fsdp" when present)."""
     if mesh is None:
         return x
-    spec = P(DATA_AXIS, *([None] * (x.ndim - 1)))
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+    return jax.lax.with_sharding_constraint(x, batch_sharding(mesh, x.ndim))
 
 
 # ----------------------------------------------------------------------------- policy
@@ -333,8 +420,12 @@ def _warmup_fn(
 
     if mesh is None:
         return _jit(run, options)
-    repl = NamedSharding(mesh, P())
-    return _jit(run, options, in_shardings=(repl, repl, repl), out_shardings=(repl, repl))
+
+    def placed(params, key, learning_rate):
+        params, losses = run(_constrain(params, mesh), key, learning_rate)
+        return _constrain(params, mesh), jax.lax.with_sharding_constraint(losses, NamedSharding(mesh, P()))
+
+    return _jit(placed, options)
 
 
 def warmup(
@@ -365,7 +456,8 @@ def warmup(
       steps: number of Adam steps (>= 1).
       batch_size: completions per step (divisible by the mesh's device count).
       learning_rate: Adam's learning rate.
-      mesh: optional "data" mesh; the batch is sharded over it, params replicated.
+      mesh: optional mesh (:func:`data_mesh` or :func:`make_mesh`); the batch is sharded
+        over its batch axes, params placed as :func:`fsdp_shardings` says.
       compiler_options: XLA options for the compile, e.g.
         ``{"xla_backend_optimization_level": 0}`` (CPU: compiles 2-3x faster; the
         results may differ in float rounding only).
@@ -487,6 +579,92 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformationExtraArgs
     if name == "guarded_adamw":
         parts.append(optim.trust_region_guard(eps_low=spec.eps_low, eps_high=spec.eps_high))
     return optax.chain(*parts)
+
+
+def make_train_step(
+    logprob_fn: Callable[..., jax.Array],
+    spec: MethodSpec,
+    optimizer: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh | None = None,
+    *,
+    donate: bool = True,
+) -> Callable[..., tuple[Any, Any, dict[str, jax.Array]]]:
+    """One sharded optimizer step on a fixed batch: ``step(params, opt_state, batch, prompt, prompt_mask=None)``.
+
+    Computes ``loss, aux = jgrpo.loss(spec, logprob_fn(params, batch.tokens, prompt[, prompt_mask]), batch)``
+    (−J of Eq. 1), its gradient, and the optax update. Parameters and optimizer state are
+    constrained to :func:`fsdp_shardings` (sharded over "fsdp", replicated over "data"),
+    the batch and prompts to :func:`batch_sharding`; GSPMD inserts the collectives. With
+    ``mesh=None`` nothing is constrained (one device, or whatever the inputs carry).
+
+    Args:
+      logprob_fn: ``(params, tokens [B, G, T], prompt [B, P][, prompt_mask]) -> logp [B, G, T]``
+        (e.g. :func:`jgrpo.models.logprob_fn`; its config's ``remat`` rematerialises the layers).
+      spec: the method (static).
+      optimizer: a plain ``optax.GradientTransformation`` (e.g. ``optax.adamw``).
+      mesh: a :func:`make_mesh` / :func:`data_mesh` mesh or None.
+      donate: donate ``params`` and ``opt_state`` to the step (in-place update on accelerators).
+
+    Returns:
+      The jitted step, returning ``(params, opt_state, metrics)`` with metrics ``loss``,
+      ``grad_norm``, ``clip_frac_high``, ``clip_frac_low`` and ``kl`` (float32 scalars).
+    """
+    if not isinstance(spec, MethodSpec):
+        raise TypeError(f"spec must be a MethodSpec (jgrpo.methods.get(name)), got {type(spec).__name__}")
+    if mesh is not None:
+        _check_mesh(mesh)
+    shard = functools.partial(_shard_batch, mesh=mesh)
+
+    def step(params, opt_state, batch, prompt, prompt_mask):
+        params, opt_state = _constrain(params, mesh), _constrain(opt_state, mesh)
+        batch = jax.tree.map(shard, batch)
+        prompt = shard(prompt)
+        prompt_mask = None if prompt_mask is None else shard(prompt_mask)
+
+        def loss_fn(p):
+            if prompt_mask is None:
+                logp = logprob_fn(p, batch.tokens, prompt)
+            else:
+                logp = logprob_fn(p, batch.tokens, prompt, prompt_mask)
+            return jgrpo.loss(spec, logp, batch)
+
+        (value, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        metrics = {
+            "loss": value,
+            "grad_norm": optax.tree.norm(grads),
+            "clip_frac_high": aux["clip_frac_high"],
+            "clip_frac_low": aux["clip_frac_low"],
+            "kl": aux["kl"],
+        }
+        metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+        return _constrain(params, mesh), _constrain(opt_state, mesh), metrics
+
+    donate_argnums = (0, 1) if donate else ()
+    if mesh is None:
+        jitted = jax.jit(step, donate_argnums=donate_argnums)
+        return lambda params, opt_state, batch, prompt, prompt_mask=None: jitted(
+            params, opt_state, batch, prompt, prompt_mask
+        )
+    compiled: dict[Any, Callable] = {}
+    repl = NamedSharding(mesh, P())
+
+    def run(params, opt_state, batch, prompt, prompt_mask=None):
+        _check_divisible("the number of prompts B", int(np.shape(prompt)[0]), mesh)
+        # Explicit in/out shardings, built once per parameter/optimizer-state structure.
+        abstract = jax.tree.map(lambda x: (np.shape(x), jnp.result_type(x)), (params, opt_state))
+        key = (jax.tree.structure((params, opt_state, batch, prompt, prompt_mask)), str(abstract))
+        if key not in compiled:
+            ps, os_ = fsdp_shardings(params, mesh), fsdp_shardings(opt_state, mesh)
+            bs = jax.tree.map(lambda x: batch_sharding(mesh, np.ndim(x)), (batch, prompt, prompt_mask))
+            metrics = dict.fromkeys(("loss", "grad_norm", "clip_frac_high", "clip_frac_low", "kl"), repl)
+            compiled[key] = jax.jit(
+                step, in_shardings=(ps, os_, *bs), out_shardings=(ps, os_, metrics), donate_argnums=donate_argnums
+            )
+        return compiled[key](params, opt_state, batch, prompt, prompt_mask)
+
+    return run
 
 
 # ----------------------------------------------------------------------------- the outer step
@@ -630,7 +808,17 @@ def _outer_step_fn(config: TrainConfig, graphdef: Any, mesh: jax.sharding.Mesh, 
         return new_params, opt_state, metrics
 
     repl = NamedSharding(mesh, P())
-    return _jit(step_fn, options, in_shardings=(repl, repl, repl, repl), out_shardings=(repl, repl, repl))
+
+    def placed(params, opt_state, ref_params, step):
+        params, opt_state, ref_params = (_constrain(t, mesh) for t in (params, opt_state, ref_params))
+        new_params, opt_state, metrics = step_fn(params, opt_state, ref_params, step)
+        return (
+            _constrain(new_params, mesh),
+            _constrain(opt_state, mesh),
+            jax.lax.with_sharding_constraint(metrics, repl),
+        )
+
+    return _jit(placed, options)
 
 
 # ----------------------------------------------------------------------------- train
@@ -659,7 +847,7 @@ class TrainResult(NamedTuple):
 def _initial_state(config: TrainConfig, mesh: jax.sharding.Mesh, options: tuple) -> tuple[Any, Any, Any]:
     base = jax.random.key(config.seed)
     graphdef, params = make_transformer(jax.random.fold_in(base, 0), config.model)
-    params = _replicate(params, mesh)
+    params = _place(params, mesh)
     if config.warmup_steps > 0:
         params, _ = warmup(
             config.task,
@@ -672,12 +860,12 @@ def _initial_state(config: TrainConfig, mesh: jax.sharding.Mesh, options: tuple)
             mesh=mesh,
             compiler_options=dict(options),
         )
-    return graphdef, params, _replicate(make_optimizer(config).init(params), mesh)
+    return graphdef, params, _place(make_optimizer(config).init(params), mesh)
 
 
 def _abstract(tree: Any, mesh: jax.sharding.Mesh) -> Any:
-    sharding = NamedSharding(mesh, P())
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding), tree)
+    shardings = fsdp_shardings(tree, mesh)
+    return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sh), tree, shardings)
 
 
 class _Checkpointer:
@@ -733,7 +921,9 @@ def train(
       out_dir: checkpoint directory (``out_dir/checkpoints``). When it holds a
         checkpoint of the same config, the run resumes from the latest one and
         ends in the same state as an uninterrupted run. None: no checkpoints.
-      mesh: a 1-D mesh with axis "data" (default :func:`data_mesh`: all devices).
+      mesh: a mesh with the axis "data" (default :func:`data_mesh`: all devices, data
+        parallel) or the axes ("data", "fsdp") (:func:`make_mesh`: parameters and
+        optimizer state sharded over "fsdp").
       on_step: ``on_step(step, metrics)`` after each outer step; ``step`` is its
         0-based index (step ``s`` uses the key fold_in(.., s)), ``metrics`` a
         dict of Python floats. The checkpoint of steps ``0..s`` (saved as
@@ -772,8 +962,7 @@ def train(
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     mesh = data_mesh() if mesh is None else mesh
-    if DATA_AXIS not in mesh.shape or len(mesh.shape) != 1:
-        raise ValueError(f"mesh must be 1-D with the axis '{DATA_AXIS}', got axes {dict(mesh.shape)}")
+    _check_mesh(mesh)
     _check_divisible("TrainConfig.prompts_per_step", config.prompts_per_step, mesh)
     if config.warmup_steps > 0:
         _check_divisible("TrainConfig.warmup_batch", config.warmup_batch, mesh)

@@ -174,3 +174,121 @@ def test_errors(tf):
         sample(fn, params, prompt, key, group_size=G, max_len=T, eos_id=CFG.vocab)
     with pytest.raises(TypeError, match="prompt"):
         sample(fn, params, prompt.astype(jnp.float32), key, group_size=G, max_len=T)
+
+
+# ----------------------------------------------------------------------------- KV-cache decoders and top-p
+
+import jgrpo.models as M  # noqa: E402
+from tests.model_utils import random_params  # noqa: E402
+
+HF_CFG = M.ModelConfig.tiny("qwen3", vocab_size=24, hidden_size=32, intermediate_size=64, head_dim=8)
+HB, HG, HT, HP = 2, 3, 6, 5
+HEOS = 3
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    params = random_params(HF_CFG, 0)
+    prompt = np.array(jax.random.randint(jax.random.key(1), (HB, HP), 4, HF_CFG.vocab_size), np.int32)
+    prompt_mask = np.ones((HB, HP), np.int32)
+    prompt_mask[1, :2] = 0  # the second prompt is 3 tokens, left-padded
+    prompt[1, :2] = 0
+    return params, prompt, prompt_mask
+
+
+def test_cached_sampler_logp_equals_the_scorer(hf_model):
+    """pi_old and entropies of the KV-cache sampler equal the full-sequence scorer's to 1e-5 (float32)."""
+    params, prompt, prompt_mask = hf_model
+    dec = M.decoder(M.model_fn(HF_CFG))
+    s = sample(dec, params, prompt, jax.random.key(2), group_size=HG, max_len=HT, eos_id=HEOS, prompt_mask=prompt_mask)
+    assert s.tokens.shape == (HB, HG, HT)
+    logp, ent = M.logprob_and_entropy_fn(M.model_fn(HF_CFG))(params, s.tokens, prompt, prompt_mask)
+    m = np.asarray(s.mask)
+    np.testing.assert_allclose(np.asarray(s.logp_old), np.asarray(logp) * m, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(s.entropy), np.asarray(ent) * m, atol=1e-5)
+    np.testing.assert_array_equal(m, _np_mask(np.asarray(s.tokens), HEOS))
+    assert len({tuple(r) for r in np.asarray(s.tokens).reshape(-1, HT)}) > 1  # G completions differ
+
+
+def test_cached_and_uncached_samplers_draw_the_same_tokens(hf_model):
+    """Same key, same logits up to rounding: the KV-cache path reproduces the recompute-everything path."""
+    params, prompt, _ = hf_model
+    fn = M.model_fn(HF_CFG)
+    kw = dict(group_size=HG, max_len=HT, eos_id=HEOS, temperature=0.8)
+    a = sample(M.decoder(fn), params, prompt, jax.random.key(3), **kw)
+    b = sample(fn, params, prompt, jax.random.key(3), **kw)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_allclose(a.logp_sample, b.logp_sample, atol=1e-5)
+    np.testing.assert_allclose(a.logp_old, b.logp_old, atol=1e-5)
+
+
+def test_nnx_decoder_matches_the_recomputing_sampler(tf, tf_samples):
+    """The tiny NNX transformer through its KV-cache decoder: same tokens, log-probs equal to the scorer's."""
+    graphdef, params, prompt = tf
+    s1 = tf_samples[0]
+    s = sample(M.nnx_decoder(graphdef), params, prompt, jax.random.key(2), group_size=G, max_len=T, eos_id=EOS)
+    np.testing.assert_array_equal(s.tokens, s1.tokens)
+    logp, ent = P.nnx_logprob_and_entropy_fn(graphdef)(params, s.tokens, prompt)
+    m = np.asarray(s.mask)
+    np.testing.assert_allclose(np.asarray(s.logp_old), np.asarray(logp) * m, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(s.entropy), np.asarray(ent) * m, atol=1e-5)
+
+
+def test_tabular_decoder_matches_tabular_logits_fn():
+    params = P.tabular_init(jax.random.key(4), vocab=TV, max_len=TT, scale=1.5)
+    prompt = jnp.zeros((B, 1), jnp.int32)
+    kw = dict(group_size=G, max_len=TT, eos_id=EOS, temperature=0.9, top_p=0.8)
+    a = sample(M.tabular_decoder(), params, prompt, jax.random.key(5), **kw)
+    b = sample(P.tabular_logits_fn(1), params, prompt, jax.random.key(5), **kw)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-6)
+
+
+def test_top_p_nucleus_against_numpy_reference():
+    """Drawn tokens lie in the top-p nucleus of softmax(logits / tau); logp_sample is their renormalised log-prob."""
+    params = P.tabular_init(jax.random.key(7), vocab=TV, max_len=TT, scale=1.5)
+    prompt = jnp.zeros((B, 1), jnp.int32)
+    tau, top_p = 0.9, 0.6
+    kw = dict(group_size=G, max_len=TT, eos_id=EOS)  # the static arguments of the test above: one compile
+    s = sample(M.tabular_decoder(), params, prompt, jax.random.key(8), temperature=tau, top_p=top_p, **kw)
+    table = np.asarray(params["logits"], np.float64)
+    tokens, mask = np.asarray(s.tokens), np.asarray(s.mask)
+    checked = 0
+    for idx in np.ndindex(tokens.shape[:-1]):
+        prev = TV
+        for t in range(TT):
+            if not mask[idx + (t,)]:
+                break
+            z = table[t, prev] / tau
+            p = np.exp(z - z.max())
+            p /= p.sum()
+            order = np.argsort(-p)
+            before = np.cumsum(p[order]) - p[order]
+            nucleus = order[before < top_p]
+            y = int(tokens[idx + (t,)])
+            assert y in nucleus, (idx, t)
+            assert abs(float(s.logp_sample[idx + (t,)]) - np.log(p[y] / p[nucleus].sum())) < 1e-5, (idx, t)
+            checked += int(len(nucleus) < TV)  # a truncated nucleus was exercised
+            prev = y
+    assert checked > 5
+    # A nucleus narrower than the top token is greedy decoding with log-prob 0 (a point mass).
+    tiny = sample(M.tabular_decoder(), params, prompt, jax.random.key(8), top_p=1e-6, **kw)
+    greedy = sample(M.tabular_decoder(), params, prompt, jax.random.key(8), temperature=0.0, **kw)
+    np.testing.assert_array_equal(tiny.tokens, greedy.tokens)
+    np.testing.assert_allclose(tiny.logp_sample, 0.0, atol=1e-6)
+
+
+def test_decoder_and_top_p_errors(hf_model):
+    params, prompt, prompt_mask = hf_model
+    dec = M.decoder(M.model_fn(HF_CFG))
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
+        sample(dec, params, prompt, key, group_size=2, max_len=2, top_p=0.0)
+    with pytest.raises(ValueError, match="prompt_mask needs a decoder"):
+        sample(M.model_fn(HF_CFG), params, prompt, key, group_size=2, max_len=2, prompt_mask=prompt_mask)
+    with pytest.raises(ValueError, match="prompt_mask must have the prompt's shape"):
+        sample(dec, params, prompt, key, group_size=2, max_len=2, prompt_mask=prompt_mask[:, 1:])
+    with pytest.raises(ValueError, match="1 at each prompt's last position"):
+        sample(dec, params, prompt, key, group_size=2, max_len=2, prompt_mask=prompt_mask[:, ::-1])
+    with pytest.raises(ValueError, match=r"prompt must hold token ids in \[0, 24\)"):
+        sample(dec, params, prompt + 30, key, group_size=2, max_len=2)

@@ -143,7 +143,7 @@ def test_warmup_raises_accuracy_above_chance():
     config = policies.TransformerConfig.tiny(vocab=TASK.vocab_size, max_len=TASK.prompt_len + TASK.max_len)
     graphdef, params = policies.make_transformer(jax.random.key(0), config)
     mesh = jtrain.data_mesh()
-    params = jtrain._replicate(params, mesh)
+    params = jtrain._place(params, mesh)
     evaluate = lambda p: jtrain.evaluate(  # noqa: E731
         TASK, graphdef, p, jax.random.key(7), num_prompts=256, compiler_options=COMPILE_OPTIONS
     )
@@ -163,3 +163,146 @@ def test_warmup_raises_accuracy_above_chance():
     # Chance: a random policy essentially never writes FILLER* digits EOS with the right digits.
     assert before["accuracy"] < 0.02
     assert after["accuracy"] > 0.1 and after["valid_frac"] > 0.8
+
+
+# ----------------------------------------------------------------------------- text tasks: tokenizer and Countdown
+
+import itertools  # noqa: E402
+import json  # noqa: E402
+from fractions import Fraction  # noqa: E402
+
+from jgrpo.tasks import text as T  # noqa: E402
+
+COUNTDOWN = T.CountdownTask(num_numbers=3, max_number=12, max_target=100)
+
+
+def make_tokenizer(path, *, eos=True):
+    """A tiny byte-level BPE tokenizer (the kind Qwen and Llama 3 use), trained here on Countdown text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    corpus = [
+        T.countdown_prompt(COUNTDOWN, p) + f"<answer>{p.solution}</answer>"
+        for p in T.countdown_problems(COUNTDOWN, 0, 50)
+    ]
+    tok.train_from_iterator(corpus, trainer)
+    path.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path / "tokenizer.json"))
+    cfg = {"pad_token": "<pad>"} | ({"eos_token": {"content": "</s>"}} if eos else {})
+    (path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return path
+
+
+def _solvable(numbers, target) -> bool:
+    """Independent brute force: every order, every operator triple, both tree shapes of 3 leaves (or 2 leaves)."""
+    ops = {
+        "+": lambda a, b: a + b,
+        "-": lambda a, b: a - b,
+        "*": lambda a, b: a * b,
+        "/": lambda a, b: a / b if b else None,
+    }
+    for perm in itertools.permutations([Fraction(n) for n in numbers]):
+        if len(perm) == 2:
+            if any(f(*perm) == target for f in ops.values()):
+                return True
+            continue
+        a, b, c = perm
+        for f, g in itertools.product(ops.values(), repeat=2):
+            left = f(a, b)
+            if left is not None and g(left, c) == target:
+                return True
+            right = g(b, c)
+            if right is not None and f(a, right) == target:
+                return True
+    return False
+
+
+def test_countdown_problems_are_solvable_and_scored_exactly():
+    problems = T.countdown_problems(COUNTDOWN, 1, 40)
+    assert len({p.numbers for p in problems}) > 30  # varied
+    for p in problems:
+        assert 1 <= p.target <= 100 and len(p.numbers) == 3
+        assert _solvable(p.numbers, p.target), p
+        assert T.countdown_score(p, f"thinking... <answer>{p.solution}</answer>") == 1.0
+    assert T.countdown_problems(COUNTDOWN, 1, 40) == problems  # deterministic in the seed
+    p = T.CountdownProblem(numbers=(3, 6, 4), target=8, solution="6 / 3 * 4")
+    cases = [
+        ("<answer>6 / 3 * 4</answer>", 1.0),
+        ("<answer> (6/3)*4 </answer>", 1.0),
+        ("<answer>4 * 6 / 3</answer>", 1.0),  # exact rationals: 24 / 3
+        ("<answer>6 + 3 - 4</answer>", 0.0),  # = 5
+        ("<answer>6 / 3 * 4 * 1</answer>", 0.0),  # a number not given
+        ("<answer>4 + 4</answer>", 0.0),  # 4 twice, 3 and 6 unused
+        ("<answer>6 / (3 - 3) * 4</answer>", 0.0),  # division by zero
+        ("<answer>__import__('os')</answer>", 0.0),  # never evaluated
+        ("6 / 3 * 4", 0.0),  # no tags
+        ("<answer>6 + 3 + 4</answer> no, <answer>6 / 3 * 4</answer>", 1.0),  # the last answer counts
+        ("<answer>6 / 3 * 4</answer> <answer>6 + 3</answer>", 0.0),
+        ("<answer>-6 / 3 * 4</answer>", 0.0),  # no unary minus
+        ("<answer>(6 / 3 * 4</answer>", 0.0),
+    ]
+    for text, want in cases:
+        assert T.countdown_score(p, text) == want, text
+    with pytest.raises(ValueError, match="CountdownTask.num_numbers"):
+        T.CountdownTask(num_numbers=1)
+
+
+def test_tokenizer_from_checkpoint_directory(tmp_path):
+    tok = T.load_tokenizer(make_tokenizer(tmp_path))
+    assert tok.eos_id == tok.tokenizer.token_to_id("</s>") and tok.pad_id == tok.tokenizer.token_to_id("<pad>")
+    text = T.countdown_prompt(COUNTDOWN, T.countdown_problems(COUNTDOWN, 3, 1)[0])
+    assert tok.decode(tok.encode(text)) == text
+    ids, mask = tok.encode_left_padded(["12 + 3", "<answer>7 * 2</answer>"])
+    assert ids.shape == mask.shape and mask[1].all() and not mask[0].all() and mask[0, -1] == 1
+    assert np.all(ids[mask == 0] == tok.pad_id)
+    assert tok.decode(ids[0][mask[0] == 1]) == "12 + 3"
+    body = tok.encode("<answer>7 * 2</answer>")
+    tokens = np.full((1, 2, len(body) + 3), tok.pad_id, np.int32)
+    tokens[0, 0, : len(body)] = body
+    tokens[0, 0, len(body)] = tok.eos_id
+    completion_mask = np.zeros(tokens.shape, np.float32)
+    completion_mask[0, 0, : len(body) + 1] = 1
+    assert tok.decode_completions(tokens, completion_mask) == [["<answer>7 * 2</answer>", ""]]
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+        T.load_tokenizer(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="no EOS token"):
+        T.load_tokenizer(make_tokenizer(tmp_path / "noeos", eos=False))
+    (tmp_path / "noeos" / "config.json").write_text(json.dumps({"eos_token_id": [5, 6]}))
+    assert T.load_tokenizer(tmp_path / "noeos").eos_id == 5
+
+
+def _countdown_policy(tok, kind):
+    import jgrpo.models as M
+
+    if kind == "tabular":  # cheap to compile: the same pipeline, a tabular policy over the tokenizer's vocabulary
+        return M.tabular_decoder(), policies.tabular_init(jax.random.key(0), vocab=tok.vocab_size, max_len=8)
+    cfg = M.ModelConfig.tiny("qwen2", vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, head_dim=8)
+    return M.decoder(M.model_fn(cfg)), M.init_params(cfg, jax.random.key(0), std=0.3)
+
+
+@pytest.mark.parametrize("kind", ["tabular", pytest.param("checkpoint_model", marks=pytest.mark.slow)])
+def test_countdown_rollout_end_to_end(tmp_path, kind):
+    """Text prompt -> ids -> G completions of a policy -> text -> verifiable reward."""
+    tok = T.load_tokenizer(make_tokenizer(tmp_path))
+    policy, params = _countdown_policy(tok, kind)
+    problems = T.countdown_problems(COUNTDOWN, 4, 2)
+    out = T.rollout(policy, params, tok, COUNTDOWN, problems, jax.random.key(1), group_size=3, max_len=8)
+    assert out.rewards.shape == (2, 3) and set(np.unique(out.rewards)) <= {0.0, 1.0}
+    assert len(out.texts) == 2 and all(len(r) == 3 and all(isinstance(t, str) for t in r) for r in out.texts)
+    assert out.prompt.shape == out.prompt_mask.shape and out.prompt_mask[:, -1].all()
+    batch = out.samples.to_batch(out.rewards)
+    assert batch.tokens.shape == (2, 3, 8)
+    # The same pipeline rewards a correct completion 1: its text -> ids -> text round trip is exact.
+    good = [[f"<answer>{p.solution}</answer>"] for p in problems]
+    ids = [tok.encode(g[0]) + [tok.eos_id] for g in good]
+    t = max(len(i) for i in ids)
+    tokens = np.full((2, 1, t), tok.pad_id, np.int32)
+    mask = np.zeros((2, 1, t), np.float32)
+    for b, i in enumerate(ids):
+        tokens[b, 0, : len(i)], mask[b, 0, : len(i)] = i, 1
+    np.testing.assert_array_equal(T.countdown_rewards(COUNTDOWN, problems, tok.decode_completions(tokens, mask)), 1.0)

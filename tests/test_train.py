@@ -167,16 +167,37 @@ def test_optimizers_take_the_extra_args(name):
 def test_data_mesh_and_divisibility_errors():
     mesh = jtrain.data_mesh()
     assert mesh.axis_names == ("data",) and mesh.size == jax.device_count()
-    with pytest.raises(ValueError, match="mesh must be 1-D with the axis 'data'"):
+    with pytest.raises(ValueError, match=r"mesh must have the axes \('data',\) or \('data', 'fsdp'\)"):
         jtrain.train(CONFIG, mesh=jax.make_mesh((1,), ("batch",)))
+    mesh2 = jtrain.make_mesh(fsdp=1)
+    assert mesh2.axis_names == ("data", "fsdp") and mesh2.size == jax.device_count()
+    with pytest.raises(ValueError, match="data \\* fsdp = 1 \\* 2 must equal the number of devices"):
+        jtrain.make_mesh(fsdp=2, data=1)
     # Divisibility is checked against the mesh size (8 devices in the subprocess test below).
     with pytest.raises(ValueError, match="prompts_per_step = 12 must be divisible by the number of devices"):
-        jtrain._check_divisible("TrainConfig.prompts_per_step", 12, _FakeMesh(8))
+        jtrain._check_divisible("TrainConfig.prompts_per_step", 12, _FakeMesh(data=8))
+    with pytest.raises(ValueError, match=r"batch axes \('data', 'fsdp'\) \(8\)"):
+        jtrain._check_divisible("TrainConfig.prompts_per_step", 12, _FakeMesh(data=2, fsdp=4))
+    jtrain._check_divisible("TrainConfig.prompts_per_step", 16, _FakeMesh(data=2, fsdp=4))
 
 
 class _FakeMesh:
-    def __init__(self, n):
-        self.shape = {"data": n}
+    def __init__(self, **shape):
+        self.shape = shape
+
+
+def test_fsdp_spec_splits_the_largest_divisible_dimension():
+    from jax.sharding import PartitionSpec as Spec
+
+    assert jtrain.fsdp_spec((896, 4864), 4) == Spec(None, "fsdp")
+    assert jtrain.fsdp_spec((4864, 896), 4) == Spec("fsdp", None)
+    assert jtrain.fsdp_spec((24, 896, 4864), 4) == Spec(None, None, "fsdp")  # stacked layers: never the layer axis
+    assert jtrain.fsdp_spec((24, 896, 4862), 4) == Spec(None, "fsdp", None)  # 4862 % 4 != 0
+    assert jtrain.fsdp_spec((8, 3, 5), 4) == Spec()  # only the layer axis divides: replicated
+    assert jtrain.fsdp_spec((151936, 896), 8) == Spec("fsdp", None)
+    assert jtrain.fsdp_spec((), 4) == Spec() and jtrain.fsdp_spec((7,), 4) == Spec()
+    assert jtrain.fsdp_spec((2,), 4) == Spec()  # smaller than the axis
+    assert jtrain.fsdp_spec((896, 4864), 1) == Spec()
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -255,10 +276,18 @@ _EIGHT_DEVICES = textwrap.dedent(
         raise SystemExit("B = 12 on 8 devices did not raise")
     except ValueError as e:
         assert "must be divisible by the number of devices" in str(e), e
-    result = jtrain.train(t.CONFIG, compiler_options=t.FAST)
-    sharding = jax.tree.leaves(result.params)[0].sharding
-    assert sharding.mesh.size == 8 and sharding.is_fully_replicated
-    json.dump({"history": result.history, "logp": t._probe_logp(result).tolist()}, sys.stdout)
+    mesh = jtrain.make_mesh(data=2, fsdp=4)
+    result = jtrain.train(t.CONFIG, mesh=mesh, compiler_options=t.FAST)
+    shardings = [x.sharding for x in jax.tree.leaves(result.params) + jax.tree.leaves(result.opt_state)]
+    assert all(sh.mesh.size == 8 for sh in shardings)
+    split = [sh for sh in shardings if "fsdp" in sh.spec]
+    assert len(split) >= len(jax.tree.leaves(result.params)), "params and Adam moments are FSDP-sharded"
+    big = max(jax.tree.leaves(result.params), key=lambda x: x.size)
+    assert "fsdp" in big.sharding.spec and big.addressable_shards[0].data.size == big.size // 4
+    out = {"history": result.history, "logp": t._probe_logp(result).tolist()}
+    out["hf_step"] = t._hf_steps(jtrain.make_mesh(data=2, fsdp=4), remat=True)
+    out["hf_step_one"] = t._hf_steps(jtrain.make_mesh(fsdp=1, devices=jax.devices()[:1]), remat=False)
+    json.dump(out, sys.stdout)
     """
 )
 
@@ -277,8 +306,45 @@ SAMPLE_METRICS = {
 }
 
 
+def _hf_steps(mesh, *, remat: bool, steps: int = 2) -> dict:
+    """Two GRPO steps (SGD with momentum, linear in the gradient) of a tiny Qwen2 via make_train_step on ``mesh``."""
+    import jgrpo
+    import jgrpo.models as M
+    from tests.model_utils import random_params
+
+    cfg = M.ModelConfig.tiny("qwen2", vocab_size=64, hidden_size=32, intermediate_size=64, head_dim=8, remat=remat)
+    params = random_params(cfg, 0, std=0.2)
+    b, g, t, p = 8, 2, 6, 3
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 64, size=(b, g, t)).astype(np.int32)
+    prompt = rng.integers(0, 64, size=(b, p)).astype(np.int32)
+    lengths = rng.integers(1, t + 1, size=(b, g))
+    mask = (np.arange(t) < lengths[..., None]).astype(np.float32)
+    logprob = M.logprob_fn(M.model_fn(cfg))
+    logp_old = np.asarray(jax.jit(M.logprob_fn(M.model_fn(cfg.replace(remat=False))))(params, tokens, prompt))
+    batch = jgrpo.GroupBatch(
+        mask=mask, logp_old=logp_old - 0.05, rewards=rng.integers(0, 2, size=(b, g)).astype(np.float32), tokens=tokens
+    )
+    opt = optax.sgd(0.5, momentum=0.9)
+    step = jtrain.make_train_step(logprob, methods.get("grpo", beta=0.0), opt, mesh)
+    params = jtrain._place(params, mesh)
+    state = jtrain._place(opt.init(params), mesh)
+    losses = []
+    for _ in range(steps):
+        params, state, metrics = step(params, state, batch, prompt)
+        losses.append(float(metrics["loss"]))
+    w_up = params["layers"]["w_up"]
+    return {
+        "loss": losses,
+        "params": {k: np.asarray(v).tolist() for k, v in params["layers"].items() if k in ("wq", "w_up", "bk")},
+        "spec": str(w_up.sharding.spec),
+        "shard_size": int(w_up.addressable_shards[0].data.size),
+        "size": int(w_up.size),
+    }
+
+
 def test_eight_virtual_devices_match_one_device(full_run):
-    """Same config on 8 virtual CPU devices (data parallel, subprocess) vs this process's run.
+    """Same config on 8 virtual CPU devices (a data=2 x fsdp=4 mesh, subprocess) vs this process's run.
 
     The sampled completions are identical (threefry is partitionable, so random bits do not depend on the
     sharding). Float metrics agree to float32 rounding, accumulated over the steps: measured (grpo, lr 3e-4,
@@ -290,7 +356,7 @@ def test_eight_virtual_devices_match_one_device(full_run):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
-        [sys.executable, "-c", _EIGHT_DEVICES], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", _EIGHT_DEVICES], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     other = json.loads(proc.stdout)
@@ -305,3 +371,12 @@ def test_eight_virtual_devices_match_one_device(full_run):
                 assert b[k] == pytest.approx(a[k], rel=1e-3, abs=1e-5), (s, k, a[k], b[k])
     # The trained policies are the same function up to that noise.
     np.testing.assert_allclose(np.asarray(other["logp"]), _probe_logp(full), atol=1e-4)
+    # make_train_step on a Hugging Face-architecture model: FSDP over 4 x data over 2 (with remat) vs one device.
+    sharded, one = other["hf_step"], other["hf_step_one"]
+    assert "fsdp" in sharded["spec"] and sharded["shard_size"] * 4 == sharded["size"]
+    assert one["shard_size"] == one["size"]
+    np.testing.assert_allclose(sharded["loss"], one["loss"], rtol=1e-5, atol=1e-6)
+    assert abs(one["loss"][1] - one["loss"][0]) > 1e-4  # the step moved the policy
+    for k, v in one["params"].items():
+        a, b = np.asarray(sharded["params"][k]), np.asarray(v)
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max(), err_msg=k)
