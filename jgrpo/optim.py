@@ -35,6 +35,7 @@ Example: two tokens whose ratios are ``exp(params)``; token 0 (A > 0) is beyond
 1 + ε_up, so its advantage gradient is 0 and every step that would push it further
 out is projected away, while token 1 (A < 0) keeps being optimised.
 
+>>> import jax
 >>> import jax.numpy as jnp
 >>> import optax
 >>> from jgrpo import optim
@@ -47,8 +48,9 @@ out is projected away, while token 1 (A < 0) keeps being optimised.
 ... )
 >>> params = jnp.array([0.5, 0.0])  # s = (1.65, 1.0): token 0 is clipped
 >>> state = opt.init(params)
->>> grads = jnp.array([-1.0, 1.0])  # say, stale: pushes token 0 out, token 1 down
->>> updates, state = opt.update(grads, state, params, ratio_fn=ratio_fn)
+>>> grads = jnp.array([-1.0, 1.0])  # a descent direction that pushes token 0 further out, token 1 down
+>>> update = jax.jit(lambda g, s, p: opt.update(g, s, p, ratio_fn=ratio_fn))  # extra args: keywords
+>>> updates, state = update(grads, state, params)
 >>> [round(u, 6) for u in updates.tolist()]  # token 0 no longer moves out; token 1: Adam's first step −η
 [0.0, -0.1]
 >>> optim.violation(*ratio_fn(params + updates), eps_low=0.2, eps_high=0.28) <= optim.violation(

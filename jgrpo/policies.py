@@ -864,9 +864,10 @@ def make_transformer(key: jax.Array, config: TransformerConfig) -> tuple[nnx.Gra
     module's own (one normal draw from ``key``, see :class:`Transformer`), jitted and
     cached per config.
 
-    >>> import jax
+    >>> import jax, jax.numpy as jnp
     >>> graphdef, params = make_transformer(jax.random.key(0), TransformerConfig.tiny(vocab=8))
-    >>> nnx.merge(graphdef, params)(jax.numpy.zeros((1, 5), int)).shape  # ids [N, L] -> logits [N, L, V]
+    >>> ids = jnp.zeros((1, 5), jnp.int32)
+    >>> jax.eval_shape(lambda p: nnx.merge(graphdef, p)(ids), params).shape  # ids [N, L] -> logits [N, L, V]
     (1, 5, 8)
     """
     if not isinstance(config, TransformerConfig):
