@@ -275,7 +275,9 @@ def scaled_loss(
 # ----------------------------------------------------------------------------- reordered batches (the noise floor)
 
 
-def random_permutations(rng: np.random.Generator, num: int, num_prompts: int, group_size: int):
+def random_permutations(
+    rng: np.random.Generator, num: int, num_prompts: int, group_size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """``num`` random reorderings of a ``[B, G]`` batch: ``(perm_b [num, B], perm_g [num, B, G])`` int32.
 
     Each is drawn until it differs from the identity (when B·G > 1), so that every
@@ -297,7 +299,9 @@ def random_permutations(rng: np.random.Generator, num: int, num_prompts: int, gr
     return pb, pg
 
 
-def permute_batch(batch: jgrpo.GroupBatch, prompt, perm_b, perm_g):
+def permute_batch(
+    batch: jgrpo.GroupBatch, prompt: ArrayLike, perm_b: ArrayLike, perm_g: ArrayLike
+) -> tuple[jgrpo.GroupBatch, jax.Array]:
     """The batch with prompts reordered by ``perm_b`` [B] and the completions of each by ``perm_g`` [B, G].
 
     Position (b, g) of the result holds completion ``perm_g[b, g]`` of prompt
@@ -560,15 +564,15 @@ def _check_perms(permutations, lead: tuple[int, ...], b: int, g: int, what: str)
 def trajectory_deviation(
     spec: MethodSpec,
     logprob_fn: Callable[[Any, jax.Array, Any], jax.Array],
-    params,
+    params: Any,
     batch: jgrpo.GroupBatch,
-    prompt,
-    phis,
+    prompt: ArrayLike,
+    phis: ArrayLike,
     *,
     num_steps: int,
     optimizer: str | optax.GradientTransformation = "adamw",
     hyper: OptimizerHyper | None = None,
-    beta=None,
+    beta: ArrayLike | None = None,
     permutations: tuple[Any, Any] | None = None,
     ulp_floor: bool = True,
     recompute_logp_old: bool = True,
@@ -655,15 +659,15 @@ def trajectory_deviation(
 def deviation_grid(
     spec: MethodSpec,
     logprob_fn: Callable[[Any, jax.Array, Any], jax.Array],
-    params,
+    params: Any,
     batch: jgrpo.GroupBatch,
-    prompt,
-    phis,
+    prompt: ArrayLike,
+    phis: ArrayLike,
     *,
     num_steps: int,
     optimizer: str,
     hypers: OptimizerHyper,
-    betas,
+    betas: ArrayLike,
     permutations: tuple[Any, Any] | None = None,
     ulp_floor: bool = True,
     recompute_logp_old: bool = True,
