@@ -108,6 +108,7 @@ def coefficients(spec: MethodSpec, logp: ArrayLike, batch: jgrpo.GroupBatch) -> 
 
     J is the objective of Eq. 1 averaged over the prompts (``-jgrpo.loss``), so
     grad_theta J = sum_{i,t} c_{i,t} grad_theta log pi(y_{i,t} | x, y_{i,<t}).
+    Jit it with the spec static: ``jax.jit(coefficients, static_argnums=0)``.
 
     Returns:
       ``[..., G, T]`` in the compute dtype (float32 or float64), zero on padding.

@@ -157,7 +157,9 @@ def first_step_objective(spec: MethodSpec, batch: jgrpo.GroupBatch) -> FirstStep
     Computed from Ω (:func:`cumulative_weights`) and A, not from ``jgrpo.loss``;
     it equals ``jgrpo.loss(spec, batch.logp_old, batch)[1]["objective"]`` for
     every preset. R is evaluated at θ_old: for the k3 KL it vanishes only when
-    ``logp_ref == logp_old``.
+    ``logp_ref == logp_old``. Pure: jit it with the spec static,
+    ``jax.jit(first_step_objective, static_argnums=0)`` (as every function here that
+    takes a spec and a batch).
 
     Args:
       spec: the method.

@@ -251,6 +251,9 @@ def scaled_loss(
     jit — serves a whole β sweep. A spec without a regularizer has R = 0 (give it
     one, e.g. ``regularizer="kl"``, to sweep β).
 
+    Pure: jit it with the spec static (``jax.jit(scaled_loss, static_argnums=0)``); β
+    stays a traced argument.
+
     Returns:
       ``(loss, aux)`` with ``aux = {"objective": J_b [...], "policy": [...],
       "regularizer": R_b [...]}``.
