@@ -58,7 +58,8 @@ def make_logprob_fn(graphdef):
 
 
 def main(*, vocab: int = 12, width: int = 32, seed: int = 0, methods=("dr_grpo", "grpo"), verbose: bool = True) -> dict:
-    graphdef, params = nnx.split(TinyLM(vocab, width, rngs=nnx.Rngs(seed)))
+    model = nnx.jit(lambda: TinyLM(vocab, width, rngs=nnx.Rngs(seed)))()  # initialised in one compiled program
+    graphdef, params = nnx.split(model)  # the explicit params pytree that the analysis differentiates
     logprob_fn = make_logprob_fn(graphdef)
 
     # One prompt, a group of G = 4 completions: all share token 3, two also share (3, 5); lengths differ.

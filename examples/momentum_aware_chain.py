@@ -31,7 +31,7 @@ import optax
 import jgrpo
 from analysis import overshoot
 from jgrpo import optim
-from jgrpo.policies import tabular_logprob, tabular_sample
+from jgrpo.policies import tabular_logprob
 
 EPS_LOW, EPS_HIGH = 0.2, 0.28  # DAPO's clip-higher bounds
 
@@ -53,12 +53,15 @@ def momentum_aware(learning_rate, b1=0.9, b2=0.95):
 def main(
     *, vocab: int = 4, length: int = 6, prompts: int = 2, group: int = 8, inner_steps: int = 16, seed=0, verbose=True
 ) -> dict:
-    # A fixed group batch from a tabular policy (exact, tiny): reward 1 when a completion contains token 1.
-    # logits[t, previous token] of a tabular softmax policy (jgrpo.policies), random; token 0 is EOS
-    params = {"logits": jnp.asarray(np.random.default_rng(seed).normal(size=(length, vocab + 1, vocab)), jnp.float32)}
-    s = tabular_sample(params, jax.random.key(seed), (prompts, group), max_len=length, eos_id=0)
-    rewards = jnp.any((s.tokens == 1) & (s.mask > 0), axis=-1).astype(jnp.float32)
-    batch = jgrpo.GroupBatch(mask=s.mask, logp_old=tabular_logprob(params, s.tokens), rewards=rewards, tokens=s.tokens)
+    # A fixed group batch under a tabular softmax policy (jgrpo.policies: logits[t, previous token], random):
+    # completions of random tokens, token 0 is EOS (the mask ends with it), reward 1 when one contains token 1.
+    rng = np.random.default_rng(seed)
+    params = {"logits": jnp.asarray(rng.normal(size=(length, vocab + 1, vocab)), jnp.float32)}
+    tokens = rng.integers(0, vocab, size=(prompts, group, length))
+    mask = (np.cumsum(tokens == 0, axis=-1) - (tokens == 0) == 0).astype(np.float32)  # up to the first EOS
+    rewards = np.any((tokens == 1) & (mask > 0), axis=-1).astype(np.float32)
+    # π_old = the current policy: every ratio is 1 at the first inner step
+    batch = jgrpo.GroupBatch(mask=mask, logp_old=tabular_logprob(params, tokens), rewards=rewards, tokens=tokens)
     spec = jgrpo.methods.get("dapo", eps_low=EPS_LOW, eps_high=EPS_HIGH)
 
     def logprob_fn(p, tokens):
