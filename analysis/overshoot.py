@@ -52,6 +52,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
+
+import jgrpo
+from jgrpo import optim
+from jgrpo._validate import check_min_rank, check_number, check_shape, check_static_int, concrete_values
+from jgrpo.methods import MethodSpec
 
 __all__ = [
     "AdamAfterClip",
@@ -82,55 +88,19 @@ __all__ = [
 # ----------------------------------------------------------------------------- validation
 
 
-def _concrete(x) -> np.ndarray | None:
-    """``x`` as a float64 numpy array when its value is known (not traced), else None."""
-    if x is None or isinstance(x, jax.core.Tracer):
-        return None
-    try:
-        return np.asarray(x, np.float64)
-    except (TypeError, ValueError):
-        return None
-
-
-def _check(name: str, x, *, lo=None, hi=None, lo_open=False, hi_open=False, integer=False, allow_inf=False):
-    """Raises ValueError naming ``name`` when a concrete ``x`` (number or array) is out of range.
-
-    Traced values pass through (they cannot be inspected at trace time).
-    """
-    a = _concrete(x)
-    if a is None or a.size == 0:
-        return
-    bad = np.isnan(a)
-    if not allow_inf:
-        bad |= np.isinf(a)
-    fin = np.where(np.isfinite(a), a, 0.0)
-    if lo is not None:
-        bad |= (a <= lo) if lo_open else (a < lo)
-    if hi is not None:
-        bad |= (a >= hi) if hi_open else (a > hi)
-    if integer:
-        bad |= np.isfinite(a) & (fin != np.round(fin))
-    if bad.any():
-        lo_s = "-inf" if lo is None else f"{lo:g}"
-        hi_s = "inf" if hi is None else f"{hi:g}"
-        what = f"{'(' if lo_open or lo is None else '['}{lo_s}, {hi_s}{')' if hi_open or hi is None else ']'}"
-        kind = "an integer" if integer else "a number"
-        value = x if np.ndim(x) == 0 else a[bad].reshape(-1)[:5]
-        raise ValueError(f"{name} must be {kind} in {what}{' (or inf)' if allow_inf else ''}, got {value!r}")
-
-
-def _check_betas(beta1=None, beta2=None):
-    if beta1 is not None:
-        _check("beta1", beta1, lo=0.0, hi=1.0, hi_open=True)
-    if beta2 is not None:
-        _check("beta2", beta2, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+def _check_betas(b1=None, b2=None):
+    """Adam's β1 ∈ [0, 1), β2 ∈ (0, 1) (β2 = 0 is log 0 in the closed forms), with optax's names."""
+    if b1 is not None:
+        check_number("b1", b1, lo=0.0, hi=1.0, hi_open=True)
+    if b2 is not None:
+        check_number("b2", b2, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
 
 
 def _check_T_k(T, k):
     if T is not None:
         # T = 1 is 0/0 in Eq. 32: no gradient step precedes the clip.
-        _check("T", T, lo=2.0, integer=True, allow_inf=True)
-    _check("k", k, lo=0.0, integer=True)
+        check_number("T", T, lo=2.0, integer=True, allow_inf=True)
+    check_number("k", k, lo=0.0, integer=True)
 
 
 # ----------------------------------------------------------------------------- closed forms
@@ -155,7 +125,7 @@ def _pow(beta, t):
     return jnp.exp(t * jnp.log(beta))
 
 
-def first_moment_decay(beta1, T=None, k=0):
+def first_moment_decay(b1: ArrayLike, T: ArrayLike | None = None, k: ArrayLike = 0) -> jax.Array:
     """m̂_{T+k} / m̂_{T−1} = β1^{k+1} (1 − β1^{T−1}) / (1 − β1^{T+k}): the first bracket of Eq. (36).
 
     Exact, per coordinate, for any gradient history before the clip (the first moment
@@ -163,7 +133,7 @@ def first_moment_decay(beta1, T=None, k=0):
     zero gradients from step T on; k = 0 is step T.
 
     Args:
-      beta1: Adam's β1 in [0, 1).
+      b1: Adam's β1 in [0, 1) (optax's name).
       T: the step at which the gradient vanishes, T ≥ 2; ``None``/``inf`` for T → ∞.
       k: zero-gradient steps before the one measured, k ≥ 0.
 
@@ -173,27 +143,27 @@ def first_moment_decay(beta1, T=None, k=0):
     Raises:
       ValueError: a concrete argument out of range (β1 = 1, T < 2, k < 0, non-integer T or k).
     """
-    _check_betas(beta1=beta1)
+    _check_betas(b1=b1)
     _check_T_k(T, k)
-    dtype = _float_dtype(beta1)
-    b1, t, kk = jnp.asarray(beta1, dtype), _steps(T, dtype), jnp.asarray(k, dtype)
-    return _pow(b1, kk + 1) * _one_minus_pow(b1, t - 1) / _one_minus_pow(b1, t + kk)
+    dtype = _float_dtype(b1)
+    beta, t, kk = jnp.asarray(b1, dtype), _steps(T, dtype), jnp.asarray(k, dtype)
+    return _pow(beta, kk + 1) * _one_minus_pow(beta, t - 1) / _one_minus_pow(beta, t + kk)
 
 
-def second_moment_decay(beta2, T=None, k=0):
+def second_moment_decay(b2: ArrayLike, T: ArrayLike | None = None, k: ArrayLike = 0) -> jax.Array:
     """v̂_{T+k} / v̂_{T−1} = β2^{k+1} (1 − β2^{T−1}) / (1 − β2^{T+k}) (Eqs. 30, 34), exact for any history.
 
     Its inverse square root is the second bracket of Eq. (36). Arguments as in
     :func:`first_moment_decay` (β2 in (0, 1)).
     """
-    _check_betas(beta2=beta2)
+    _check_betas(b2=b2)
     _check_T_k(T, k)
-    dtype = _float_dtype(beta2)
-    b2, t, kk = jnp.asarray(beta2, dtype), _steps(T, dtype), jnp.asarray(k, dtype)
-    return _pow(b2, kk + 1) * _one_minus_pow(b2, t - 1) / _one_minus_pow(b2, t + kk)
+    dtype = _float_dtype(b2)
+    beta, t, kk = jnp.asarray(b2, dtype), _steps(T, dtype), jnp.asarray(k, dtype)
+    return _pow(beta, kk + 1) * _one_minus_pow(beta, t - 1) / _one_minus_pow(beta, t + kk)
 
 
-def c_coefficient(beta1, beta2, T=None, k=0):
+def c_coefficient(b1: ArrayLike, b2: ArrayLike, T: ArrayLike | None = None, k: ArrayLike = 0) -> jax.Array:
     """Overshoot coefficient C_{T,k}: the step k + 1 steps after the gradient vanished, per last gradient step.
 
     C_{T,k} = [β1^{k+1} (1 − β1^{T−1})/(1 − β1^{T+k})] · √(β2^{−(k+1)} (1 − β2^{T+k})/(1 − β2^{T−1})).
@@ -209,8 +179,8 @@ def c_coefficient(beta1, beta2, T=None, k=0):
     every argument (T included, as a float).
 
     Args:
-      beta1: Adam's β1, in [0, 1).
-      beta2: Adam's β2, in (0, 1).
+      b1: Adam's β1, in [0, 1) (optax's name; positional as in ``c_coefficient(0.9, 0.95, 2)``).
+      b2: Adam's β2, in (0, 1).
       T: the step at which the gradient vanishes, an integer ≥ 2; ``None``/``inf`` for T → ∞.
       k: zero-gradient steps already taken (k = 0 is the first step past the boundary), k ≥ 0.
 
@@ -220,29 +190,36 @@ def c_coefficient(beta1, beta2, T=None, k=0):
     Raises:
       ValueError: a concrete argument out of range: β1 ∉ [0, 1), β2 ∉ (0, 1), T < 2
         (T = 1 is 0/0 in Eq. 32), k < 0, non-integer T or k, NaN.
+
+    >>> round(float(c_coefficient(0.9, 0.95, 2)), 5)  # C_2: one gradient step before the clip
+    0.67865
+    >>> round(float(c_coefficient(0.9, 0.95)), 5), round(0.9 / 0.95**0.5, 5)  # T → ∞: β1/√β2 (Eq. 33)
+    (0.92338, 0.92338)
     """
-    _check_betas(beta1, beta2)
+    _check_betas(b1, b2)
     _check_T_k(T, k)
-    dtype = _float_dtype(beta1, beta2)
-    b2, t, kk = jnp.asarray(beta2, dtype), _steps(T, dtype), jnp.asarray(k, dtype)
-    second = jnp.exp(-0.5 * (kk + 1) * jnp.log(b2)) * jnp.sqrt(_one_minus_pow(b2, t + kk) / _one_minus_pow(b2, t - 1))
-    return first_moment_decay(jnp.asarray(beta1, dtype), t, kk) * second
+    dtype = _float_dtype(b1, b2)
+    beta, t, kk = jnp.asarray(b2, dtype), _steps(T, dtype), jnp.asarray(k, dtype)
+    second = jnp.exp(-0.5 * (kk + 1) * jnp.log(beta)) * jnp.sqrt(
+        _one_minus_pow(beta, t + kk) / _one_minus_pow(beta, t - 1)
+    )
+    return first_moment_decay(jnp.asarray(b1, dtype), t, kk) * second
 
 
-def c_limit(beta1, beta2, k=0):
+def c_limit(b1: ArrayLike, b2: ArrayLike, k: ArrayLike = 0) -> jax.Array:
     """lim_{T→∞} C_{T,k} = (β1/√β2)^{k+1}: Eq. (33) for k = 0, Eq. (37) in general.
 
     Raises:
       ValueError: as :func:`c_coefficient`.
     """
-    _check_betas(beta1, beta2)
+    _check_betas(b1, b2)
     _check_T_k(None, k)
-    dtype = _float_dtype(beta1, beta2)
-    b1, b2, kk = jnp.asarray(beta1, dtype), jnp.asarray(beta2, dtype), jnp.asarray(k, dtype)
-    return (b1 / jnp.sqrt(b2)) ** (kk + 1)
+    dtype = _float_dtype(b1, b2)
+    beta1, beta2, kk = jnp.asarray(b1, dtype), jnp.asarray(b2, dtype), jnp.asarray(k, dtype)
+    return (beta1 / jnp.sqrt(beta2)) ** (kk + 1)
 
 
-def eps_modulation(v_hat_before, v_hat_after, eps):
+def eps_modulation(v_hat_before: ArrayLike, v_hat_after: ArrayLike, eps: ArrayLike) -> jax.Array:
     """Eq. (38): (√v̂_{T−1} + ε) / (√v̂_{T+k} + ε), from the actual second moments before and after the clip.
 
     With ε = 0 this is √(v̂_{T−1}/v̂_{T+k}), the second bracket of Eq. (36); with ε > 0
@@ -260,19 +237,21 @@ def eps_modulation(v_hat_before, v_hat_after, eps):
     Raises:
       ValueError: concrete negative or non-finite arguments, or v̂ = 0 with ε = 0 (0/0).
     """
-    _check("v_hat_before", v_hat_before, lo=0.0)
-    _check("v_hat_after", v_hat_after, lo=0.0)
-    _check("eps", eps, lo=0.0)
-    e = _concrete(eps)
+    check_number("v_hat_before", v_hat_before, lo=0.0)
+    check_number("v_hat_after", v_hat_after, lo=0.0)
+    check_number("eps", eps, lo=0.0)
+    e = concrete_values(eps)
     if e is not None and np.all(e == 0):
-        _check("v_hat_before (with eps = 0)", v_hat_before, lo=0.0, lo_open=True)
-        _check("v_hat_after (with eps = 0)", v_hat_after, lo=0.0, lo_open=True)
+        check_number("v_hat_before (with eps = 0)", v_hat_before, lo=0.0, lo_open=True)
+        check_number("v_hat_after (with eps = 0)", v_hat_after, lo=0.0, lo_open=True)
     dtype = _float_dtype(v_hat_before, v_hat_after, eps)
     vb, va, ep = (jnp.asarray(x, dtype) for x in (v_hat_before, v_hat_after, eps))
     return (jnp.sqrt(vb) + ep) / (jnp.sqrt(va) + ep)
 
 
-def c_coefficient_eps(beta1, beta2, T, k=0, *, v_hat_before, eps):
+def c_coefficient_eps(
+    b1: ArrayLike, b2: ArrayLike, T: ArrayLike, k: ArrayLike = 0, *, v_hat_before: ArrayLike, eps: ArrayLike
+) -> jax.Array:
     """C^ε_{T,k} with Adam's ε, exact: ``first_moment_decay`` × Eq. (38), v̂_{T+k} from v̂_{T−1}.
 
     C^ε_{T,k} = β1^{k+1} (1 − β1^{T−1})/(1 − β1^{T+k}) · (√v̂_{T−1} + ε)/(√v̂_{T+k} + ε),
@@ -285,13 +264,15 @@ def c_coefficient_eps(beta1, beta2, T, k=0, *, v_hat_before, eps):
     Raises:
       ValueError: as :func:`c_coefficient` and :func:`eps_modulation`.
     """
-    _check("v_hat_before", v_hat_before, lo=0.0)
-    decay = second_moment_decay(beta2, T, k)
+    check_number("v_hat_before", v_hat_before, lo=0.0)
+    decay = second_moment_decay(b2, T, k)
     v_after = decay * jnp.asarray(v_hat_before, decay.dtype)
-    return first_moment_decay(beta1, T, k) * eps_modulation(v_hat_before, v_after, eps)
+    return first_moment_decay(b1, T, k) * eps_modulation(v_hat_before, v_after, eps)
 
 
-def eps_factor(g_abs, beta2, T=None, k=0, eps=1e-8):
+def eps_factor(
+    g_abs: ArrayLike, b2: ArrayLike, T: ArrayLike | None = None, k: ArrayLike = 0, eps: ArrayLike = 1e-8
+) -> jax.Array:
     """The constant-gradient shortcut of Eq. (38): F_ε = C^ε_{T,k}/C_{T,k} when √v̂_{T−1} = |g|.
 
     F_ε = (|g| + ε) / (|g| + ε/ρ),  ρ = √``second_moment_decay``(β2, T, k) ≤ 1.
@@ -303,7 +284,7 @@ def eps_factor(g_abs, beta2, T=None, k=0, eps=1e-8):
 
     Args:
       g_abs: |g| > 0, the magnitude of the constant gradient before the clip.
-      beta2: Adam's β2, in (0, 1).
+      b2: Adam's β2, in (0, 1).
       T: the step at which the gradient vanishes, T ≥ 2, or ``None``/``inf``.
       k: zero-gradient steps already taken, k ≥ 0.
       eps: Adam's ε ≥ 0 (optax's, outside the square root).
@@ -314,33 +295,32 @@ def eps_factor(g_abs, beta2, T=None, k=0, eps=1e-8):
     Raises:
       ValueError: concrete arguments out of range (|g| ≤ 0, ε < 0, and as :func:`c_coefficient`).
     """
-    _check("g_abs", g_abs, lo=0.0, lo_open=True)
-    _check("eps", eps, lo=0.0)
-    dtype = _float_dtype(g_abs, beta2, eps)
+    check_number("g_abs", g_abs, lo=0.0, lo_open=True)
+    check_number("eps", eps, lo=0.0)
+    dtype = _float_dtype(g_abs, b2, eps)
     g, e = jnp.asarray(g_abs, dtype), jnp.asarray(eps, dtype)
-    rho = jnp.sqrt(second_moment_decay(jnp.asarray(beta2, dtype), T, k))
+    rho = jnp.sqrt(second_moment_decay(jnp.asarray(b2, dtype), T, k))
     return (g + e) / (g + e / rho)
 
 
-def total_overshoot(beta1, beta2, T=None, *, num_steps: int):
+def total_overshoot(b1: ArrayLike, b2: ArrayLike, T: ArrayLike | None = None, *, num_steps: int) -> jax.Array:
     """Σ_{k=0}^{K−1} C_{T,k}: distance travelled in K zero-gradient steps, in units of the last gradient step.
 
     With T → ∞ this is r(1 − r^K)/(1 − r), r = β1/√β2 (→ r/(1 − r) ≈ 12 last steps
     for β1 = 0.9, β2 = 0.95 as K → ∞). Built on Eq. (36).
 
     Args:
-      beta1, beta2, T: as in :func:`c_coefficient` (broadcast).
+      b1, b2, T: as in :func:`c_coefficient` (broadcast).
       num_steps: K ≥ 1, a static Python int.
 
     Returns:
-      The sum, broadcast over beta1, beta2, T.
+      The sum, broadcast over b1, b2, T.
     """
-    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
-        raise ValueError(f"num_steps must be a Python int >= 1, got {num_steps!r}")
-    _check_betas(beta1, beta2)
+    num_steps = check_static_int("num_steps", num_steps, low=1)
+    _check_betas(b1, b2)
     _check_T_k(T, 0)
     ks = jnp.arange(num_steps)
-    return jax.vmap(lambda k: c_coefficient(beta1, beta2, T, k))(ks).sum(axis=0)
+    return jax.vmap(lambda k: c_coefficient(b1, b2, T, k))(ks).sum(axis=0)
 
 
 # ----------------------------------------------------------------------------- simulations
@@ -361,15 +341,15 @@ class AdamAfterClip(NamedTuple):
     v_hat: jax.Array
 
 
-def _simulate_adam(grads, beta1, beta2, eps, lr, K):
+def _simulate_adam(grads, b1, b2, eps, lr, K):
     n = grads.shape[0]  # T − 1 gradient steps
-    opt = optax.adam(learning_rate=lr, b1=beta1, b2=beta2, eps=eps)
+    opt = optax.adam(learning_rate=lr, b1=b1, b2=b2, eps=eps)
     all_grads = jnp.concatenate([grads, jnp.zeros((K,) + grads.shape[1:], grads.dtype)])
 
     def step(state, grad):
         updates, state = opt.update(grad, state)
         adam_state = state[0]
-        v_hat = adam_state.nu / (1 - jnp.asarray(beta2, grads.dtype) ** adam_state.count.astype(grads.dtype))
+        v_hat = adam_state.nu / (1 - jnp.asarray(b2, grads.dtype) ** adam_state.count.astype(grads.dtype))
         return state, (updates, v_hat)
 
     _, (updates, v_hat) = jax.lax.scan(step, opt.init(grads[0]), all_grads)
@@ -379,19 +359,15 @@ def _simulate_adam(grads, beta1, beta2, eps, lr, K):
 _simulate_adam_jit = jax.jit(_simulate_adam, static_argnames=("K",))
 
 
-def _check_static(name: str, val, low: int) -> int:
-    if not isinstance(val, (int, np.integer)) or isinstance(val, bool) or val < low:
-        raise ValueError(f"{name} must be a static Python int >= {low}, got {val!r}")
-    return int(val)
+def _check_adam_args(b1, b2, eps, lr):
+    _check_betas(b1, b2)
+    check_number("eps", eps, lo=0.0)
+    check_number("lr", lr, lo=0.0, lo_open=True)
 
 
-def _check_adam_args(beta1, beta2, eps, lr):
-    _check_betas(beta1, beta2)
-    _check("eps", eps, lo=0.0)
-    _check("lr", lr, lo=0.0, lo_open=True)
-
-
-def simulate_adam_history(grads, beta1, beta2, eps, K: int, lr=1.0) -> AdamAfterClip:
+def simulate_adam_history(
+    grads: ArrayLike, b1: ArrayLike, b2: ArrayLike, eps: ArrayLike, K: int, lr: ArrayLike = 1.0
+) -> AdamAfterClip:
     """Run the real ``optax.adam`` on a gradient history ``grads`` [T−1, ...], then K steps of gradient 0.
 
     The zero gradient models the clipped branch of Eq. 1 from step T on (Prop. 7).
@@ -401,7 +377,7 @@ def simulate_adam_history(grads, beta1, beta2, eps, K: int, lr=1.0) -> AdamAfter
     Args:
       grads: [T−1, ...] the gradients of steps 1..T−1 (T − 1 ≥ 1 rows; each trailing
         coordinate is its own Adam).
-      beta1, beta2, eps, lr: Adam hyperparameters (traced: vmap over them freely).
+      b1, b2, eps, lr: Adam hyperparameters (optax's names; traced: vmap over them freely).
       K: zero-gradient steps, a static Python int ≥ 1.
 
     Returns:
@@ -411,18 +387,20 @@ def simulate_adam_history(grads, beta1, beta2, eps, K: int, lr=1.0) -> AdamAfter
       ValueError: ``grads`` without a step axis or with non-finite values, K < 1,
         concrete hyperparameters out of range.
     """
-    K = _check_static("K", K, 1)
-    _check_adam_args(beta1, beta2, eps, lr)
+    K = check_static_int("K", K, low=1)
+    _check_adam_args(b1, b2, eps, lr)
     grads = jnp.asarray(grads, _float_dtype(grads))
     if grads.ndim < 1 or grads.shape[0] < 1:
         raise ValueError(f"grads must have shape [T-1, ...] with T-1 >= 1 gradient steps, got {grads.shape}")
-    a = _concrete(grads)
+    a = concrete_values(grads)
     if a is not None and not np.all(np.isfinite(a)):
         raise ValueError("grads must be finite")
-    return _simulate_adam_jit(grads, beta1, beta2, eps, lr, K=K)
+    return _simulate_adam_jit(grads, b1, b2, eps, lr, K=K)
 
 
-def simulate_adam_after_clip(g, beta1, beta2, eps, T: int, K: int, lr=1.0) -> AdamAfterClip:
+def simulate_adam_after_clip(
+    g: ArrayLike, b1: ArrayLike, b2: ArrayLike, eps: ArrayLike, T: int, K: int, lr: ArrayLike = 1.0
+) -> AdamAfterClip:
     """Run the real ``optax.adam`` for T − 1 steps of constant gradient g, then K steps of gradient 0.
 
     The paper's index (Appendix D): the gradient vanishes at step T. The simulated
@@ -431,7 +409,7 @@ def simulate_adam_after_clip(g, beta1, beta2, eps, T: int, K: int, lr=1.0) -> Ad
 
     Args:
       g: the constant gradient, scalar or any array (each coordinate is its own Adam).
-      beta1, beta2, eps, lr: Adam hyperparameters (traced: vmap over them freely).
+      b1, b2, eps, lr: Adam hyperparameters (optax's names; traced: vmap over them freely).
       T: the step at which the gradient vanishes, a static Python int ≥ 2.
       K: zero-gradient steps, a static Python int ≥ 1.
 
@@ -441,9 +419,9 @@ def simulate_adam_after_clip(g, beta1, beta2, eps, T: int, K: int, lr=1.0) -> Ad
     Raises:
       ValueError: T < 2, K < 1, non-int T or K, concrete hyperparameters out of range.
     """
-    T = _check_static("T", T, 2)
+    T = check_static_int("T", T, low=2)
     g = jnp.asarray(g, _float_dtype(g))
-    return simulate_adam_history(jnp.broadcast_to(g, (T - 1,) + g.shape), beta1, beta2, eps, K, lr)
+    return simulate_adam_history(jnp.broadcast_to(g, (T - 1,) + g.shape), b1, b2, eps, K, lr)
 
 
 # ----------------------------------------------------------------------------- exact attribution of a step
@@ -466,7 +444,9 @@ class UpdateSplit(NamedTuple):
     precond: Any
 
 
-def adam_update_split(grads, state: optax.ScaleByAdamState, *, b1, b2, eps, learning_rate) -> UpdateSplit:
+def adam_update_split(
+    grads: Any, state: optax.ScaleByAdamState, *, b1: ArrayLike, b2: ArrayLike, eps: ArrayLike, learning_rate: ArrayLike
+) -> UpdateSplit:
     """Split ``optax.adam``'s update at step t into its stale-momentum and fresh-gradient parts (Eq. 29).
 
     u_t = −η (β1 m_{t−1} + (1 − β1) g_t) / ((1 − β1^t)(√v̂_t + ε)), v̂_t from g_t:
@@ -497,7 +477,9 @@ def adam_update_split(grads, state: optax.ScaleByAdamState, *, b1, b2, eps, lear
     return UpdateSplit(stale=stale, fresh=fresh, precond=precond)
 
 
-def momentum_update_split(grads, trace: optax.TraceState, *, decay, learning_rate) -> UpdateSplit:
+def momentum_update_split(
+    grads: Any, trace: optax.TraceState, *, decay: ArrayLike, learning_rate: ArrayLike
+) -> UpdateSplit:
     """Split SGD with momentum (``optax.sgd(η, momentum=β)``: m_t = g_t + β m_{t−1}, u = −η m_t).
 
     stale = −η β m_{t−1}, fresh = −η g_t, precond = η.
@@ -509,7 +491,7 @@ def momentum_update_split(grads, trace: optax.TraceState, *, decay, learning_rat
     return UpdateSplit(stale=stale, fresh=fresh, precond=jax.tree.map(lambda g: jnp.full_like(g, lr), grads))
 
 
-def log_ratio_jvps(logp_fn: Callable[[Any], jax.Array], params, tangents: tuple) -> tuple[jax.Array, ...]:
+def log_ratio_jvps(logp_fn: Callable[[Any], jax.Array], params: Any, tangents: tuple) -> tuple[jax.Array, ...]:
     """First-order change of every token's log-probability along each tangent: (J·u_1, J·u_2, ...).
 
     J = ∂ logp / ∂θ at ``params`` (one linearisation serves every tangent). With the
@@ -562,11 +544,11 @@ class InnerTrajectory(NamedTuple):
 
 def simulate_inner_steps(
     loss_fn: Callable[[Any], tuple[jax.Array, Any]],
-    params,
+    params: Any,
     optimizer: optax.GradientTransformation,
     num_steps: int,
     *,
-    opt_state=None,
+    opt_state: Any = None,
     extra_args_fn: Callable[[jax.Array, jax.Array, Any], dict] | None = None,
 ) -> InnerTrajectory:
     """μ inner optimizer steps on a fixed objective, as one ``lax.scan``.
@@ -577,11 +559,12 @@ def simulate_inner_steps(
     (μ updates on one batch with fixed π_old), where Prop. 3 predicts the policy
     overshoots the clip region.
 
-    Pure and traceable: wrap it in ``jax.jit`` (``loss_fn``, ``optimizer``,
-    ``num_steps``, ``extra_args_fn`` closed over or static). To sweep hyperparameters
-    with one compile, either build the optimizer inside a ``vmap``ped function
-    from a traced value, or build it with ``optax.inject_hyperparams`` and pass a
-    vmapped ``opt_state`` whose ``hyperparams`` differ.
+    Pure and traceable; ``loss_fn``, ``optimizer``, ``num_steps`` and ``extra_args_fn``
+    are Python objects, so jit it by closing over them:
+    ``jax.jit(lambda p: simulate_inner_steps(loss_fn, p, opt, 8))``. To sweep
+    hyperparameters with one compile, either build the optimizer inside a ``vmap``ped
+    function from a traced value, or build it with ``optax.inject_hyperparams`` and
+    pass a vmapped ``opt_state`` whose ``hyperparams`` differ.
 
     Args:
       loss_fn: ``params -> (loss, aux)``, pure; aux is any pytree (recorded as is).
@@ -592,17 +575,32 @@ def simulate_inner_steps(
       num_steps: S ≥ 1, a static Python int.
       opt_state: initial optimizer state; default ``optimizer.init(params)``.
       extra_args_fn: ``(step, loss, aux) -> dict`` of keyword extra args for
-        ``optimizer.update`` at each step (e.g. ``{"clip_fraction": aux["clip_frac"],
-        "new_batch": step == 0}``); default none.
+        ``optimizer.update`` at each step (e.g. ``{"clip_fraction": aux["clip_fraction"],
+        "new_batch": step == 0}`` with the aux of :func:`grpo_loss_fn`); default none.
 
     Returns:
       ``InnerTrajectory``.
 
     Raises:
       ValueError: if ``num_steps`` is not a Python int ≥ 1.
+
+    A quadratic under Adam whose stale momentum is halved at every step by a signal read
+    from aux (``jgrpo.optim.scale_by_gated_adam``'s extra arg): the update norms shrink
+    where plain Adam's stay at ≈ η√2.
+
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from jgrpo import optim
+    >>> def loss_fn(p):
+    ...     return jnp.sum((p - 1.0) ** 2), {"clip_fraction": jnp.float32(0.5)}
+    >>> def run(opt):
+    ...     extra = lambda step, loss, aux: {"clip_fraction": aux["clip_fraction"]}
+    ...     return jax.jit(lambda p: simulate_inner_steps(loss_fn, p, opt, 3, extra_args_fn=extra))(jnp.zeros(2))
+    >>> [round(u, 3) for u in run(optax.adam(0.1)).update_norm.tolist()]
+    [0.141, 0.141, 0.14]
+    >>> [round(u, 3) for u in run(optim.gated_adam(0.1)).update_norm.tolist()]
+    [0.141, 0.106, 0.082]
     """
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be a static Python int >= 1, got {num_steps!r}")
+    num_steps = check_static_int("num_steps", num_steps, low=1)
     opt = optax.with_extra_args_support(optimizer)
     state0 = opt.init(params) if opt_state is None else opt_state
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -652,62 +650,123 @@ class Escape(NamedTuple):
     max_excess_low: jax.Array
 
 
-def escape(ratio, advantages, mask, *, eps_low, eps_high) -> Escape:
-    """Escape statistics of ratios ``[..., G, T]`` with advantages ``[..., G]`` (Prop. 3/7)."""
+def escape(
+    ratio: ArrayLike, advantages: ArrayLike, mask: ArrayLike, *, eps_low: ArrayLike, eps_high: ArrayLike
+) -> Escape:
+    """Escape statistics of ratios ``[..., G, T]`` with advantages ``[..., G]`` (Prop. 3/7).
+
+    The clipped set is :func:`jgrpo.optim.clip_excess`'s (the one definition, shared with
+    ``jgrpo.optim.violation``): tokens beyond 1 + ε_up with A > 0 or below 1 − ε_low with A < 0.
+    Fractions are over the completion tokens (mask 1) of the whole batch.
+
+    Args:
+      ratio: ``[..., G, T]`` token ratios s_{i,t}.
+      advantages: ``[..., G]`` A_i.
+      mask: ``[..., G, T]`` 1 on completion tokens.
+      eps_low, eps_high: clip widths ε_low, ε_up.
+
+    Returns:
+      :class:`Escape` of scalars.
+
+    Raises:
+      ValueError: ``advantages`` or ``mask`` not shaped like ``ratio``'s ``[..., G]`` / ``[..., G, T]``.
+
+    >>> import jax.numpy as jnp
+    >>> e = escape(jnp.array([[1.5, 1.0], [0.5, 1.0]]), jnp.array([1.0, -1.0]), jnp.ones((2, 2)),
+    ...            eps_low=0.2, eps_high=0.2)
+    >>> float(e.frac), round(float(e.max_excess_high), 6), round(float(e.max_excess_low), 6)
+    (0.5, 0.3, 0.3)
+    """
+    ratio = jnp.asarray(ratio)
+    shape = check_min_rank("ratio", ratio, 2, "[..., G, T]")
+    check_shape("advantages", advantages, shape[:-1], "[..., G]")
+    check_shape("mask", mask, shape, "[..., G, T]")
     m = jnp.asarray(mask).astype(bool)
-    adv = jnp.asarray(advantages)[..., None]
-    up = jnp.where(m & (adv > 0), ratio - (1.0 + eps_high), -jnp.inf)
-    down = jnp.where(m & (adv < 0), (1.0 - eps_low) - ratio, -jnp.inf)
+    e = optim.clip_excess(ratio, jnp.asarray(advantages)[..., None], m, eps_low=eps_low, eps_high=eps_high)
     n = jnp.maximum(jnp.sum(m), 1)
-    hi, lo = jnp.sum(up > 0) / n, jnp.sum(down > 0) / n
+    hi, lo = jnp.sum(e.high > 0) / n, jnp.sum(e.low > 0) / n
     return Escape(
         frac=hi + lo,
         frac_high=hi,
         frac_low=lo,
-        max_excess_high=jnp.maximum(jnp.max(up), 0.0),
-        max_excess_low=jnp.maximum(jnp.max(down), 0.0),
+        max_excess_high=jnp.maximum(jnp.max(e.high), 0.0),
+        max_excess_low=jnp.maximum(jnp.max(e.low), 0.0),
     )
 
 
-def grpo_loss_fn(spec, logprob_fn, batch):
+def _token_ratio(logp: jax.Array, batch: jgrpo.GroupBatch) -> jax.Array:
+    """s_{i,t} = exp(logp − logp_old) on completion tokens, 1 on padding."""
+    return jnp.exp(jnp.where(jnp.asarray(batch.mask) > 0, logp - jnp.asarray(batch.logp_old), 0.0))
+
+
+def grpo_loss_fn(
+    spec: MethodSpec, logprob_fn: Callable[[Any, jax.Array], jax.Array], batch: jgrpo.GroupBatch
+) -> Callable[[Any], tuple[jax.Array, dict]]:
     """``params -> (loss, aux)`` for one fixed batch, with the escape statistics in aux.
 
-    ``aux`` holds jgrpo.loss's aux plus ``escape`` (:class:`Escape` of the
-    token ratios exp(logp - logp_old) against the spec's clip range) and
-    ``clip_fraction`` (tokens whose advantage gradient the clip has zeroed),
-    the per-step signal of ``jgrpo.optim.scale_by_gated_adam``.
-    """
-    import jgrpo  # local: analysis depends on the library, not the reverse
+    ``loss`` and ``aux`` are ``jgrpo.loss(spec, logprob_fn(params, batch.tokens), batch)``'s,
+    plus ``aux["escape"]`` (:class:`Escape` of the token ratios exp(logp − logp_old)
+    against the spec's clip range) and ``aux["clip_fraction"]`` = clip_frac_high +
+    clip_frac_low (tokens whose advantage gradient the clip has zeroed), the per-step
+    signal of ``jgrpo.optim.scale_by_gated_adam``.
 
+    The returned function is pure: differentiate and jit it as any loss
+    (``jax.jit(jax.value_and_grad(loss_fn, has_aux=True))``).
+
+    Args:
+      spec: the method.
+      logprob_fn: ``(params, tokens [..., G, T]) -> logp [..., G, T]`` (bind the prompt
+        with ``functools.partial``).
+      batch: a :class:`jgrpo.GroupBatch` with ``tokens``.
+    """
+    if batch.tokens is None:
+        raise ValueError("grpo_loss_fn needs batch.tokens to re-evaluate the policy")
     tokens = jnp.asarray(batch.tokens)
 
     def loss_fn(params):
         logp = logprob_fn(params, tokens)
         value, aux = jgrpo.loss(spec, logp, batch)
-        ratio = jnp.exp(jnp.where(jnp.asarray(batch.mask) > 0, logp - jnp.asarray(batch.logp_old), 0.0))
         aux = dict(aux)
-        aux["escape"] = escape(
-            jax.lax.stop_gradient(ratio), aux["advantages"], batch.mask, eps_low=spec.eps_low, eps_high=spec.eps_high
-        )
+        ratio = jax.lax.stop_gradient(_token_ratio(logp, batch))
+        aux["escape"] = escape(ratio, aux["advantages"], batch.mask, eps_low=spec.eps_low, eps_high=spec.eps_high)
         aux["clip_fraction"] = aux["clip_frac_high"] + aux["clip_frac_low"]
         return value, aux
 
     return loss_fn
 
 
-def group_ratio_fn(logprob_fn, batch, advantages):
-    """``params -> (ratio, advantages, mask)`` for ``jgrpo.optim.trust_region_guard``."""
+def group_ratio_fn(
+    logprob_fn: Callable[[Any, jax.Array], jax.Array], batch: jgrpo.GroupBatch, advantages: ArrayLike
+) -> optim.RatioFn:
+    """``params -> (ratio, advantages[..., None], mask)``: the ``ratio_fn`` of ``jgrpo.optim``'s transforms.
+
+    Args:
+      logprob_fn: ``(params, tokens [..., G, T]) -> logp [..., G, T]``.
+      batch: a :class:`jgrpo.GroupBatch` with ``tokens`` (its ``logp_old`` is π_old's).
+      advantages: ``[..., G]`` A_i (e.g. ``jgrpo.advantages(spec, batch)``).
+    """
+    if batch.tokens is None:
+        raise ValueError("group_ratio_fn needs batch.tokens to re-evaluate the policy")
     tokens = jnp.asarray(batch.tokens)
+    adv = jnp.asarray(advantages)[..., None]
 
     def ratio_fn(params):
-        logp = logprob_fn(params, tokens)
-        ratio = jnp.exp(jnp.where(jnp.asarray(batch.mask) > 0, logp - jnp.asarray(batch.logp_old), 0.0))
-        return ratio, advantages[..., None], batch.mask
+        return _token_ratio(logprob_fn(params, tokens), batch), adv, batch.mask
 
     return ratio_fn
 
 
-def simulate_group(spec, logprob_fn, params, batch, optimizer, num_steps: int, *, opt_state=None, extra_args_fn=None):
+def simulate_group(
+    spec: MethodSpec,
+    logprob_fn: Callable[[Any, jax.Array], jax.Array],
+    params: Any,
+    batch: jgrpo.GroupBatch,
+    optimizer: optax.GradientTransformation,
+    num_steps: int,
+    *,
+    opt_state: Any = None,
+    extra_args_fn: Callable[[jax.Array, jax.Array, Any], dict] | None = None,
+) -> InnerTrajectory:
     """μ inner steps of ``optimizer`` on one fixed group batch (Prop. 3/7, measured).
 
     Records per step (before each update): the loss, jgrpo.loss's aux, the
@@ -716,6 +775,14 @@ def simulate_group(spec, logprob_fn, params, batch, optimizer, num_steps: int, *
     1 - eps_low), update norms and the ratio of consecutive update norms;
     ``final_aux`` has the same after the last step. Escape after μ ≤ num_steps
     steps is ``aux['escape']`` at index μ (or ``final_aux`` for μ = num_steps).
+
+    Jit: ``spec``, ``logprob_fn``, ``optimizer`` and ``num_steps`` are Python objects and
+    ``params``, ``batch``, ``opt_state`` pytrees of arrays, so close over the former::
+
+        run = jax.jit(lambda params, batch: simulate_group(spec, logprob_fn, params, batch, opt, 8))
+
+    (one compile per set of shapes; a new ``logprob_fn`` object — e.g. a new
+    ``functools.partial`` — is a new program).
 
     Args:
       spec: the method (static).
@@ -726,19 +793,20 @@ def simulate_group(spec, logprob_fn, params, batch, optimizer, num_steps: int, *
       num_steps: μ (static int).
       opt_state: optional starting state (e.g. vmapped inject_hyperparams state for sweeps).
       extra_args_fn: ``(step, loss, aux) -> dict``; default passes ``new_batch``
-        (step == 0), ``clip_fraction`` (from aux) and the trust-region ``ratio_fn``.
+        (step == 0), ``clip_fraction`` (from aux) and the trust-region ``ratio_fn``
+        (:func:`group_ratio_fn`).
 
     Returns:
       An ``InnerTrajectory``.
+
+    Raises:
+      ValueError: ``batch.tokens`` is missing, ``num_steps`` not an int ≥ 1.
     """
     if batch.tokens is None:
         raise ValueError("simulate_group needs batch.tokens to re-evaluate the policy")
     loss_fn = grpo_loss_fn(spec, logprob_fn, batch)
     if extra_args_fn is None:
-        import jgrpo
-
-        adv = jgrpo.advantages(spec, batch)
-        ratio_fn = group_ratio_fn(logprob_fn, batch, adv)
+        ratio_fn = group_ratio_fn(logprob_fn, batch, jgrpo.advantages(spec, batch))
 
         def extra_args_fn(step, loss, aux):
             return {"new_batch": step == 0, "clip_fraction": aux["clip_fraction"], "ratio_fn": ratio_fn}

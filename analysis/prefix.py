@@ -25,8 +25,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from jax.typing import ArrayLike
 
 import jgrpo
+from jgrpo._validate import check_shape
 from jgrpo.methods import MethodSpec
 from jgrpo.policies import tree_num_contexts
 from jgrpo.weights import shared_prefix
@@ -37,11 +40,13 @@ __all__ = [
     "PrefixTree",
     "coefficients",
     "decompose",
+    "depth_subsets",
     "directional_logp",
     "effects",
     "effects_of",
     "prefix_tree",
     "tree_expectation",
+    "tree_norm",
     "tree_sequences",
     "w_agg",
 ]
@@ -65,7 +70,7 @@ class PrefixTree(NamedTuple):
     representative: jax.Array
 
 
-def prefix_tree(tokens, mask) -> PrefixTree:
+def prefix_tree(tokens: ArrayLike, mask: ArrayLike) -> PrefixTree:
     """Finds the prefixes shared inside each group from the token ids.
 
     Args:
@@ -74,7 +79,20 @@ def prefix_tree(tokens, mask) -> PrefixTree:
 
     Returns:
       A :class:`PrefixTree`. O(G^2 T) work, no Python loop over G or T.
+
+    Raises:
+      ValueError: ``mask`` not shaped like ``tokens``.
+
+    Three completions: the first two share the prefix (1, 2), all three share (1,):
+
+    >>> import numpy as np
+    >>> tree = prefix_tree(np.array([[1, 2, 3], [1, 2, 0], [1, 0, 0]]), np.ones((3, 3)))
+    >>> tree.node_size.tolist()
+    [[3, 2, 1], [3, 2, 1], [3, 1, 1]]
+    >>> tree.representative.tolist()  # each node once: its first member
+    [[True, True, True], [False, False, True], [False, True, True]]
     """
+    check_shape("mask", mask, np.shape(tokens), "[..., G, T] like tokens")
     same = shared_prefix(jnp.asarray(tokens), jnp.asarray(mask))
     node_size = jnp.sum(same, axis=-2).astype(jnp.int32)
     g = same.shape[-2]
@@ -85,11 +103,12 @@ def prefix_tree(tokens, mask) -> PrefixTree:
     return PrefixTree(same_prefix=same, node_size=node_size, shared=node_size >= 2, representative=representative)
 
 
-def coefficients(spec: MethodSpec, logp, batch: jgrpo.GroupBatch):
+def coefficients(spec: MethodSpec, logp: ArrayLike, batch: jgrpo.GroupBatch) -> jax.Array:
     """c_{i,t} = dJ/dlogp_{i,t}, the exact per-token coefficient of grad log pi in grad J.
 
     J is the objective of Eq. 1 averaged over the prompts (``-jgrpo.loss``), so
     grad_theta J = sum_{i,t} c_{i,t} grad_theta log pi(y_{i,t} | x, y_{i,<t}).
+    Jit it with the spec static: ``jax.jit(coefficients, static_argnums=0)``.
 
     Returns:
       ``[..., G, T]`` in the compute dtype (float32 or float64), zero on padding.
@@ -98,7 +117,7 @@ def coefficients(spec: MethodSpec, logp, batch: jgrpo.GroupBatch):
     return jax.grad(lambda lp: -jgrpo.loss(spec, lp, batch)[0])(logp)
 
 
-def w_agg(coef, tree: PrefixTree):
+def w_agg(coef: jax.Array, tree: PrefixTree) -> jax.Array:
     """W_agg(t) of Prop. 1 on every token of a shared prefix, zero elsewhere.
 
     W_agg[i, t] = sum_{j in node(i, t)} c_{j, t}: the total weight that the
@@ -151,6 +170,16 @@ def decompose(
     which is exactly the gradient of J restricted to S because c is the exact
     dJ/dlogp.
 
+    Jit: ``spec`` and ``logprob_fn`` are Python objects, ``params`` and ``batch``
+    pytrees of arrays; close over the former and pass the prompt as an array, so that
+    one compile serves every batch of the same shapes::
+
+        @jax.jit
+        def run(params, batch, prompt):
+            return prefix.decompose(spec, lambda p, tokens: logprob_fn(p, tokens, prompt), params, batch)
+
+    (``examples/decompose_own_model.py`` does this with a flax NNX model.)
+
     Args:
       spec: the method (static under jit).
       logprob_fn: ``(params, tokens [..., G, T]) -> logp [..., G, T]``.
@@ -176,9 +205,7 @@ def decompose(
     shared = tree.shared.astype(coef.dtype)
     masks = [jnp.ones_like(coef), shared, 1.0 - shared]
     if subsets is not None:
-        subsets = jnp.asarray(subsets)
-        if subsets.shape[1:] != coef.shape:
-            raise ValueError(f"subsets must have shape [K, {', '.join(map(str, coef.shape))}], got {subsets.shape}")
+        subsets = _check_subsets(subsets, coef.shape)
         masks.extend(list(subsets.astype(coef.dtype)))
     cotangents = jnp.stack(masks) * coef[None]
     (grads,) = jax.vmap(vjp)(cotangents.astype(logp.dtype))
@@ -197,17 +224,26 @@ def decompose(
     )
 
 
-def depth_subsets(tree: PrefixTree, max_depth: int):
-    """``[max_depth, ..., G, T]`` masks: shared tokens at prefix depth d = 0..max_depth-1 (position t = d)."""
+def _check_subsets(subsets: ArrayLike, shape: tuple[int, ...]) -> jax.Array:
+    subsets = jnp.asarray(subsets)
+    check_shape("subsets", subsets, (subsets.shape[0] if subsets.ndim else 0, *shape), "[K, ..., G, T]")
+    return subsets
+
+
+def depth_subsets(tree: PrefixTree, max_depth: int) -> jax.Array:
+    """``[max_depth, ..., G, T]`` masks: shared tokens at prefix depth d = 0..max_depth-1 (position t = d).
+
+    Pass them as ``decompose(..., subsets=depth_subsets(prefix_tree(tokens, mask), D))`` to get the
+    gradient contribution of each depth of the shared prefixes.
+    """
     t = tree.shared.shape[-1]
     depth = jnp.arange(max_depth).reshape((max_depth,) + (1,) * tree.shared.ndim)
     return tree.shared[None] & (jnp.arange(t) == depth)
 
 
-def tree_norm(tree: Any):
-    """Global L2 norm of a pytree of arrays."""
-    leaves = jax.tree.leaves(tree)
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+def tree_norm(tree: Any) -> jax.Array:
+    """Global L2 norm of a pytree of arrays, in float32 (``optax.tree.norm`` of the float32 leaves)."""
+    return optax.tree.norm(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree))
 
 
 class Effects(NamedTuple):
@@ -236,7 +272,9 @@ class Effects(NamedTuple):
     tree: PrefixTree
 
 
-def directional_logp(logprob_fn: Callable[[Any, jax.Array], jax.Array], params: Any, tokens, directions: Any):
+def directional_logp(
+    logprob_fn: Callable[[Any, jax.Array], jax.Array], params: Any, tokens: ArrayLike, directions: Any
+) -> tuple[jax.Array, jax.Array]:
     """``(logp [..., G, T], dlogp [D, ..., G, T])``: log-probabilities and their JVPs along D directions.
 
     ``dlogp[d, ..., i, t] = d log pi(y_{i,t}) / d theta . u_d``, one vmapped JVP of ``logprob_fn``.
@@ -263,7 +301,7 @@ def directional_logp(logprob_fn: Callable[[Any, jax.Array], jax.Array], params: 
     return logp, dlogp
 
 
-def effects_of(coef, dlogp, tree: PrefixTree, subsets: jax.Array | None = None) -> Effects:
+def effects_of(coef: jax.Array, dlogp: jax.Array, tree: PrefixTree, subsets: ArrayLike | None = None) -> Effects:
     """:class:`Effects` from coefficients ``[..., G, T]`` and JVPs ``[D, ..., G, T]`` (see :func:`effects`).
 
     Lets several methods share one :func:`directional_logp` (the JVPs do not depend on the method).
@@ -277,9 +315,7 @@ def effects_of(coef, dlogp, tree: PrefixTree, subsets: jax.Array | None = None) 
 
     extra = None
     if subsets is not None:
-        subsets = jnp.asarray(subsets)
-        if subsets.shape[1:] != coef.shape:
-            raise ValueError(f"subsets must have shape [K, {', '.join(map(str, coef.shape))}], got {subsets.shape}")
+        subsets = _check_subsets(subsets, coef.shape)
         extra = jax.vmap(lambda m: total_over(m.astype(coef.dtype)))(subsets)
     return Effects(
         total=total_over(1.0),
@@ -306,7 +342,7 @@ def effects(
     This equals the inner product of ``u`` with :func:`decompose`'s contributions,
     and is what Prop. 1's consequences are about: e.g. with ``u = grad E[|o|]``,
     how much the shared-prefix part of a group's gradient changes the expected
-    length (to first order in the step).
+    length (to first order in the step). Jit it as :func:`decompose`.
 
     Args:
       spec: the method.
@@ -353,7 +389,7 @@ def tree_sequences(vocab: int, length: int, *, eos: int | None) -> tuple[np.ndar
     return seqs, (before == 0).astype(np.float32)
 
 
-def tree_expectation(params, value_fn: Callable, *, eos: int | None, length: int):
+def tree_expectation(params: Any, value_fn: Callable, *, eos: int | None, length: int) -> jax.Array:
     """Exact E[value_fn(tokens, mask)] under a prefix-tree policy, by enumeration.
 
     Sums over all V^length sequences ``y`` of ``prod_t pi(y_t | y_<t)`` times the value

@@ -53,8 +53,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 import jgrpo
+from jgrpo._validate import check_bool, check_min_rank, check_shape, check_static_int, is_concrete
+from jgrpo.batch import value_problems
 from jgrpo.methods import CispoClip, MethodSpec, Objective, Regularizer
 from jgrpo.objective import validate
 from jgrpo.regularizers import regularizer_terms
@@ -74,17 +77,12 @@ __all__ = [
 
 
 def _arrays(batch: jgrpo.GroupBatch) -> jgrpo.GroupBatch:
-    def f(x, dtype=None):
-        return None if x is None else jnp.asarray(x, dtype)
-
-    return jgrpo.GroupBatch(
-        mask=jnp.asarray(batch.mask),
-        logp_old=jnp.asarray(batch.logp_old, jnp.promote_types(jnp.result_type(batch.logp_old), jnp.float32)),
-        rewards=jnp.asarray(batch.rewards, jnp.float32),
-        logp_ref=f(batch.logp_ref),
-        tokens=f(batch.tokens),
-        entropy=f(batch.entropy),
-        advantages=f(batch.advantages, jnp.float32),
+    """Every field as a jax array; log-probabilities in ≥ float32, rewards and advantages in float32."""
+    arrays = jax.tree.map(jnp.asarray, batch)  # None fields stay None
+    return arrays.replace(
+        logp_old=arrays.logp_old.astype(jnp.promote_types(arrays.logp_old.dtype, jnp.float32)),
+        rewards=arrays.rewards.astype(jnp.float32),
+        advantages=None if arrays.advantages is None else arrays.advantages.astype(jnp.float32),
     )
 
 
@@ -103,7 +101,7 @@ def _first_step_factor(spec: MethodSpec, advantages, logp_old, mask):
     return logp  # gpg: log pi; cispo: sg[clip(1, 1-eps_low, 1+eps_high)] = 1 times log pi
 
 
-def effective_weights(spec: MethodSpec, batch: jgrpo.GroupBatch):
+def effective_weights(spec: MethodSpec, batch: jgrpo.GroupBatch) -> jax.Array:
     """ω̃_{i,t} = α_{i,t} · c_{i,t} at the first inner step (ratio 1), ``[..., G, T]``.
 
     α_{i,t} is the method's token weight of Eq. 1 (Table 1) with every
@@ -117,7 +115,7 @@ def effective_weights(spec: MethodSpec, batch: jgrpo.GroupBatch):
     return alpha.astype(b.logp_old.dtype) * _first_step_factor(spec, adv, b.logp_old, b.mask)
 
 
-def cumulative_weights(spec: MethodSpec, batch: jgrpo.GroupBatch):
+def cumulative_weights(spec: MethodSpec, batch: jgrpo.GroupBatch) -> jax.Array:
     """Ω_i = Σ_t ω̃_{i,t} ``[..., G]`` (Appendix A) at the first inner step.
 
     For the clipped-ratio objectives this is Σ_t α_{i,t}, i.e. ``aux["omega"]``
@@ -159,7 +157,9 @@ def first_step_objective(spec: MethodSpec, batch: jgrpo.GroupBatch) -> FirstStep
     Computed from Ω (:func:`cumulative_weights`) and A, not from ``jgrpo.loss``;
     it equals ``jgrpo.loss(spec, batch.logp_old, batch)[1]["objective"]`` for
     every preset. R is evaluated at θ_old: for the k3 KL it vanishes only when
-    ``logp_ref == logp_old``.
+    ``logp_ref == logp_old``. Pure: jit it with the spec static,
+    ``jax.jit(first_step_objective, static_argnums=0)`` (as every function here that
+    takes a spec and a batch).
 
     Args:
       spec: the method.
@@ -188,7 +188,7 @@ def first_step_objective(spec: MethodSpec, batch: jgrpo.GroupBatch) -> FirstStep
     )
 
 
-def advantage_weight_covariance(spec: MethodSpec, batch: jgrpo.GroupBatch):
+def advantage_weight_covariance(spec: MethodSpec, batch: jgrpo.GroupBatch) -> jax.Array:
     """G · Cov(A, Ω) per group, ``[...]`` (Appendix A).
 
     G · Cov(A, Ω) = Σ_i (A_i − Ā)(Ω_i − Ω̄), with the population covariance over
@@ -223,30 +223,21 @@ class ProxyStats(NamedTuple):
 
 
 def _pearson(x, y):
-    x = x - jnp.mean(x, axis=-1, keepdims=True)
-    y = y - jnp.mean(y, axis=-1, keepdims=True)
-    den = jnp.sqrt(jnp.sum(x * x, axis=-1) * jnp.sum(y * y, axis=-1))
-    return jnp.sum(x * y, axis=-1) / den
-
-
-def _average_ranks(x):
-    """0-based ranks along the last axis; ties share their average rank."""
+    """Pearson r along the last axis (``jnp.corrcoef`` per series; NaN for a constant series)."""
     n = x.shape[-1]
-    flat = x.reshape(-1, n)
-    srt = jnp.sort(flat, axis=-1)
-    below = jax.vmap(lambda a, v: jnp.searchsorted(a, v, side="left"))(srt, flat)
-    upto = jax.vmap(lambda a, v: jnp.searchsorted(a, v, side="right"))(srt, flat)
-    return (0.5 * (below + upto - 1).astype(x.dtype)).reshape(x.shape)
+    r = jax.vmap(lambda a, b: jnp.corrcoef(a, b)[0, 1])(x.reshape(-1, n), y.reshape(-1, n))
+    return r.reshape(x.shape[:-1])
 
 
 @functools.partial(jax.jit, static_argnames="lag")
 def _stats(values, rewards, lag):
     improvement = rewards[..., lag:] - rewards[..., :-lag]
     v = values[..., : values.shape[-1] - lag]
-    return _pearson(v, improvement), _pearson(_average_ranks(v), _average_ranks(improvement))
+    ranks = functools.partial(jax.scipy.stats.rankdata, method="average", axis=-1)  # ties share their average rank
+    return _pearson(v, improvement), _pearson(ranks(v).astype(v.dtype), ranks(improvement).astype(v.dtype))
 
 
-def surrogate_vs_improvement(values, rewards, *, lag: int = 1) -> ProxyStats:
+def surrogate_vs_improvement(values: ArrayLike, rewards: ArrayLike, *, lag: int = 1) -> ProxyStats:
     """Correlation of the per-step surrogate value with the reward improvement it precedes.
 
     For a training run of N steps, pairs value_n (the surrogate J — or the loss
@@ -273,10 +264,8 @@ def surrogate_vs_improvement(values, rewards, *, lag: int = 1) -> ProxyStats:
     dtype = jnp.promote_types(jnp.result_type(v, r), jnp.float32)
     if np.shape(v) != np.shape(r):
         raise ValueError(f"values and rewards must have the same shape [..., N], got {np.shape(v)} and {np.shape(r)}")
-    if v.ndim < 1:
-        raise ValueError("values must have shape [..., N] (rank >= 1), got a scalar")
-    if not isinstance(lag, int) or isinstance(lag, bool) or lag < 1:
-        raise ValueError(f"lag must be a Python int >= 1, got {lag!r}")
+    check_min_rank("values", v, 1, "[..., N]")
+    lag = check_static_int("lag", lag, low=1)
     n = v.shape[-1] - lag
     if n < 3:
         raise ValueError(f"need at least 3 (value, improvement) pairs: N - lag = {v.shape[-1]} - {lag} = {n}")
@@ -306,39 +295,21 @@ class SnisGain(NamedTuple):
     log_weights: jax.Array
 
 
-_LOGP_SLACK = 16 * float(np.finfo(np.float32).eps)  # a log-softmax may round a hair above 0
-
-
 def _check_snis(logp, logp_old, rewards, mask) -> None:
-    shapes = {n: tuple(np.shape(x)) for n, x in (("logp", logp), ("logp_old", logp_old), ("mask", mask))}
-    if len(shapes["mask"]) < 2:
-        raise ValueError(f"mask must have shape [..., N, T] (rank >= 2), got {shapes['mask']}")
-    for name in ("logp", "logp_old"):
-        if shapes[name] != shapes["mask"]:
-            raise ValueError(f"{name} must have the shape of mask [..., N, T] = {shapes['mask']}, got {shapes[name]}")
-    if tuple(np.shape(rewards)) != shapes["mask"][:-1]:
-        raise ValueError(
-            f"rewards must have shape [..., N] = {shapes['mask'][:-1]} (mask without T), got {tuple(np.shape(rewards))}"
-        )
-    if shapes["mask"][-2] < 1:
-        raise ValueError(f"need at least one held-out completion (N >= 1), got mask shape {shapes['mask']}")
+    shape = check_min_rank("mask", mask, 2, "[..., N, T]")
+    check_shape("logp", logp, shape, "[..., N, T] like mask")
+    check_shape("logp_old", logp_old, shape, "[..., N, T] like mask")
+    check_shape("rewards", rewards, shape[:-1], "[..., N] (mask without T)")
+    if shape[-2] < 1:
+        raise ValueError(f"need at least one held-out completion (N >= 1), got mask shape {shape}")
     for name, x in (("logp", logp), ("logp_old", logp_old)):
         if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
             raise TypeError(f"{name} must be a float array, got dtype {jnp.result_type(x)}")
-    concrete = not any(isinstance(x, jax.core.Tracer) for x in (logp, logp_old, rewards, mask))
-    if not concrete:
-        return
-    m = np.asarray(mask)
-    if not np.all((m == 0) | (m == 1)):
-        raise ValueError(f"mask must hold 0/1 values, got values {np.unique(m)[:5]}")
-    for name, x in (("logp", logp), ("logp_old", logp_old)):
-        v = np.asarray(x)[m > 0]
-        if not np.all(np.isfinite(v)):
-            raise ValueError(f"{name} must be finite on completion tokens (mask 1), got {v[~np.isfinite(v)][:3]}")
-        if np.any(v > _LOGP_SLACK):
-            raise ValueError(f"{name} must be log-probabilities (<= 0) on completion tokens, got max {v.max():.3g}")
-    if not np.all(np.isfinite(np.asarray(rewards))):
-        raise ValueError("rewards must be finite")
+    if is_concrete(logp, logp_old, rewards, mask):  # the value checks of jgrpo.loss, on a held-out "group"
+        held_out = jgrpo.GroupBatch(mask=mask, logp_old=logp_old, rewards=rewards)
+        for ok, message in value_problems(logp, held_out):
+            if not ok:
+                raise ValueError(message)
 
 
 @functools.partial(jax.jit, static_argnames="normalize")
@@ -357,7 +328,9 @@ def _snis(logp, logp_old, rewards, mask, normalize):
     return SnisGain(gain=gain, reward_new=reward_old + gain, reward_old=reward_old, ess=ess, log_weights=log_w)
 
 
-def snis_gain(logp, logp_old, rewards, mask, *, normalize: bool = True) -> SnisGain:
+def snis_gain(
+    logp: ArrayLike, logp_old: ArrayLike, rewards: ArrayLike, mask: ArrayLike, *, normalize: bool = True
+) -> SnisGain:
     """Held-out self-normalised importance-sampling (SNIS) estimate of the reward gain of an update.
 
     With N fresh held-out completions o_j ~ π_old (not the batch the update was
@@ -405,8 +378,7 @@ def snis_gain(logp, logp_old, rewards, mask, *, normalize: bool = True) -> SnisG
         log-probabilities on completion tokens, or non-finite rewards.
       TypeError: integer log-probabilities.
     """
-    if not isinstance(normalize, bool):
-        raise ValueError(f"normalize must be a bool, got {normalize!r}")
+    check_bool("normalize", normalize)
     logp, logp_old, rewards, mask = (jnp.asarray(x) for x in (logp, logp_old, rewards, mask))
     _check_snis(logp, logp_old, rewards, mask)
     return _snis(logp, logp_old, rewards, mask, normalize)

@@ -68,9 +68,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
 
 import jgrpo
+from jgrpo._validate import check_bool, check_static_int, is_concrete
 from jgrpo.methods import FNorm, MethodSpec, Regularizer, Scale
+from jgrpo.objective import objective_per_prompt
 
 __all__ = [
     "Deviation",
@@ -228,21 +231,28 @@ def make_optimizer(kind: str, hyper: OptimizerHyper) -> optax.GradientTransforma
 # ----------------------------------------------------------------------------- the loss with φ and a traced β
 
 
-def scale_rewards(batch: jgrpo.GroupBatch, phi) -> jgrpo.GroupBatch:
+def scale_rewards(batch: jgrpo.GroupBatch, phi: ArrayLike) -> jgrpo.GroupBatch:
     """The batch with rewards r → φ r (and given advantages A → φ A), Prop. 2 / Eq. 19."""
     phi = jnp.asarray(phi, jnp.float32)
     adv = None if batch.advantages is None else jnp.asarray(batch.advantages, jnp.float32) * phi
-    return dataclasses.replace(batch, rewards=jnp.asarray(batch.rewards, jnp.float32) * phi, advantages=adv)
+    return batch.replace(rewards=jnp.asarray(batch.rewards, jnp.float32) * phi, advantages=adv)
 
 
-def scaled_loss(spec: MethodSpec, logp, batch: jgrpo.GroupBatch, beta=None):
+def scaled_loss(
+    spec: MethodSpec, logp: ArrayLike, batch: jgrpo.GroupBatch, beta: ArrayLike | None = None
+) -> tuple[jax.Array, dict]:
     """−J of Eq. 1 (mean over prompts) with an optionally traced β.
 
     ``beta=None`` uses ``spec.beta`` and is exactly :func:`jgrpo.loss`. A traced
-    ``beta`` computes J_b = Σ α·f − β Σ w·R from :func:`jgrpo.terms` with the
-    regularizer of ``spec`` switched on whatever ``spec.beta`` is, so one
-    ``MethodSpec`` — static under jit — serves a whole β sweep. A spec without a
-    regularizer has R = 0 (give it one, e.g. ``regularizer="kl"``, to sweep β).
+    ``beta`` computes J_b = Σ α·f − β Σ w·R (+ TRL's entropy bonus) from
+    :func:`jgrpo.terms` with the regularizer of ``spec`` switched on whatever
+    ``spec.beta`` is, assembled by ``jgrpo.objective.objective_per_prompt`` (β enters
+    as a factor of the regularizer weights), so one ``MethodSpec`` — static under
+    jit — serves a whole β sweep. A spec without a regularizer has R = 0 (give it
+    one, e.g. ``regularizer="kl"``, to sweep β).
+
+    Pure: jit it with the spec static (``jax.jit(scaled_loss, static_argnums=0)``); β
+    stays a traced argument.
 
     Returns:
       ``(loss, aux)`` with ``aux = {"objective": J_b [...], "policy": [...],
@@ -255,7 +265,8 @@ def scaled_loss(spec: MethodSpec, logp, batch: jgrpo.GroupBatch, beta=None):
     t = jgrpo.terms(on, logp, batch)
     policy = jnp.sum(t.alpha * t.term, axis=(-2, -1))
     reg = jnp.sum(t.reg_weight * t.reg_value, axis=(-2, -1))
-    objective = policy - jnp.asarray(beta, policy.dtype) * reg
+    beta = jnp.asarray(beta, policy.dtype)
+    objective = objective_per_prompt(on, t._replace(reg_weight=beta * t.reg_weight))  # on.beta = 1 or R = 0
     aux = {
         "objective": objective,
         "policy": jax.lax.stop_gradient(policy),
@@ -267,7 +278,9 @@ def scaled_loss(spec: MethodSpec, logp, batch: jgrpo.GroupBatch, beta=None):
 # ----------------------------------------------------------------------------- reordered batches (the noise floor)
 
 
-def random_permutations(rng: np.random.Generator, num: int, num_prompts: int, group_size: int):
+def random_permutations(
+    rng: np.random.Generator, num: int, num_prompts: int, group_size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """``num`` random reorderings of a ``[B, G]`` batch: ``(perm_b [num, B], perm_g [num, B, G])`` int32.
 
     Each is drawn until it differs from the identity (when B·G > 1), so that every
@@ -289,7 +302,9 @@ def random_permutations(rng: np.random.Generator, num: int, num_prompts: int, gr
     return pb, pg
 
 
-def permute_batch(batch: jgrpo.GroupBatch, prompt, perm_b, perm_g):
+def permute_batch(
+    batch: jgrpo.GroupBatch, prompt: ArrayLike, perm_b: ArrayLike, perm_g: ArrayLike
+) -> tuple[jgrpo.GroupBatch, jax.Array]:
     """The batch with prompts reordered by ``perm_b`` [B] and the completions of each by ``perm_g`` [B, G].
 
     Position (b, g) of the result holds completion ``perm_g[b, g]`` of prompt
@@ -301,10 +316,9 @@ def permute_batch(batch: jgrpo.GroupBatch, prompt, perm_b, perm_g):
     perm_g = jnp.asarray(perm_g)
 
     def move(x):
-        return None if x is None else jnp.asarray(x)[perm_b[:, None], perm_g]
+        return jnp.asarray(x)[perm_b[:, None], perm_g]
 
-    fields = {f.name: move(getattr(batch, f.name)) for f in dataclasses.fields(batch)}
-    return jgrpo.GroupBatch(**fields), jnp.asarray(prompt)[perm_b]
+    return jax.tree.map(move, batch), jnp.asarray(prompt)[perm_b]  # None fields stay None
 
 
 # ----------------------------------------------------------------------------- the inner loops
@@ -356,9 +370,11 @@ def _f32(x):
 
 
 def _tree_norm(tree, n_lead: int):
-    """Global L2 norm (float32) over the leaves of ``tree``, keeping the first ``n_lead`` axes."""
-    sq = [jnp.sum(jnp.square(_f32(x)), axis=tuple(range(n_lead, jnp.ndim(x)))) for x in jax.tree.leaves(tree)]
-    return jnp.sqrt(sum(sq))
+    """Global L2 norm (``optax.tree.norm``, float32) over the leaves of ``tree``, keeping the first ``n_lead`` axes."""
+    norm = lambda t: optax.tree.norm(jax.tree.map(_f32, t))  # noqa: E731
+    for _ in range(n_lead):
+        norm = jax.vmap(norm)
+    return norm(tree)
 
 
 def _safe_div(a, b):
@@ -409,7 +425,7 @@ def _deviation_core(spec, logprob_fn, params, batch, prompt, phis, perm_b, perm_
     b, g = batch.rewards.shape[-2:]
     if recompute_logp_old:
         logp0 = jax.vmap(logprob_fn)(params, batch.tokens, prompt)
-        batch = dataclasses.replace(batch, logp_old=jax.lax.stop_gradient(logp0).astype(jnp.float32))
+        batch = batch.replace(logp_old=jax.lax.stop_gradient(logp0).astype(jnp.float32))
     ident_b = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32), (d, 1 + k, b))
     ident_g = jnp.broadcast_to(jnp.arange(g, dtype=jnp.int32), (d, 1 + k, b, g))
     all_pb = jnp.concatenate([ident_b, perm_b.astype(jnp.int32)], axis=1)  # [D, N, B]
@@ -507,14 +523,12 @@ def _check_common(phis, num_steps, batch, optimizer, hyper, ulp_floor):
     phis_arr = jnp.asarray(phis, jnp.float32)
     if phis_arr.ndim != 1:
         raise ValueError(f"phis must have shape [K], got shape {tuple(phis_arr.shape)}")
-    if not isinstance(phis, jax.core.Tracer):
+    if is_concrete(phis):
         values = np.asarray(phis, np.float64)
         if not np.all(np.isfinite(values) & (values > 0)):
             raise ValueError(f"phis must be finite and > 0 (Prop. 2 scales rewards by phi > 0), got {values.tolist()}")
-    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
-        raise ValueError(f"num_steps must be a Python int >= 1, got {num_steps!r}")
-    if not isinstance(ulp_floor, bool):
-        raise ValueError(f"ulp_floor must be a Python bool, got {ulp_floor!r}")
+    check_static_int("num_steps", num_steps, low=1)
+    check_bool("ulp_floor", ulp_floor)
     if not isinstance(batch, jgrpo.GroupBatch):
         raise TypeError(f"batch must be a jgrpo.GroupBatch, got {type(batch).__name__}")
     if batch.tokens is None:
@@ -542,7 +556,7 @@ def _check_perms(permutations, lead: tuple[int, ...], b: int, g: int, what: str)
         raise ValueError(f"permutations[0] (perm_b) must have shape {what}[P, B] with B = {b}, got {sb}")
     if sg != (*sb, g):
         raise ValueError(f"permutations[1] (perm_g) must have shape {what}[P, B, G] = {(*sb, g)}, got {sg}")
-    if not isinstance(pb, jax.core.Tracer) and not isinstance(pg, jax.core.Tracer):
+    if is_concrete(pb, pg):
         ok_b = np.array_equal(np.sort(np.asarray(pb), axis=-1), np.broadcast_to(np.arange(b), sb))
         ok_g = np.array_equal(np.sort(np.asarray(pg), axis=-1), np.broadcast_to(np.arange(g), sg))
         if not (ok_b and ok_g):
@@ -553,15 +567,15 @@ def _check_perms(permutations, lead: tuple[int, ...], b: int, g: int, what: str)
 def trajectory_deviation(
     spec: MethodSpec,
     logprob_fn: Callable[[Any, jax.Array, Any], jax.Array],
-    params,
+    params: Any,
     batch: jgrpo.GroupBatch,
-    prompt,
-    phis,
+    prompt: ArrayLike,
+    phis: ArrayLike,
     *,
     num_steps: int,
     optimizer: str | optax.GradientTransformation = "adamw",
     hyper: OptimizerHyper | None = None,
-    beta=None,
+    beta: ArrayLike | None = None,
     permutations: tuple[Any, Any] | None = None,
     ulp_floor: bool = True,
     recompute_logp_old: bool = True,
@@ -648,15 +662,15 @@ def trajectory_deviation(
 def deviation_grid(
     spec: MethodSpec,
     logprob_fn: Callable[[Any, jax.Array, Any], jax.Array],
-    params,
+    params: Any,
     batch: jgrpo.GroupBatch,
-    prompt,
-    phis,
+    prompt: ArrayLike,
+    phis: ArrayLike,
     *,
     num_steps: int,
     optimizer: str,
     hypers: OptimizerHyper,
-    betas,
+    betas: ArrayLike,
     permutations: tuple[Any, Any] | None = None,
     ulp_floor: bool = True,
     recompute_logp_old: bool = True,

@@ -21,11 +21,14 @@ sequences).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
+
+from jgrpo._validate import check_static_int
 
 __all__ = [
     "Automaton",
@@ -55,7 +58,7 @@ class Automaton(NamedTuple):
         return int(np.shape(self.transition)[1])
 
 
-def automaton(transition) -> Automaton:
+def automaton(transition: ArrayLike) -> Automaton:
     """Validates a transition table ``[S, V]`` (ints in [0, S)) and wraps it as an :class:`Automaton`.
 
     Raises:
@@ -89,14 +92,13 @@ def _check(params, auto: Automaton, eos: int, length: int):
     t_max, _, vocab = shape
     if auto.vocab != vocab:
         raise ValueError(f"the automaton reads V = {auto.vocab} tokens but the policy has V = {vocab}")
-    if not isinstance(length, (int, np.integer)) or not 1 <= length <= t_max:
-        raise ValueError(f"length must be an int in [1, T = {t_max}], got {length!r}")
+    check_static_int("length", length, low=1, high=t_max)
     if eos is not None and not 0 <= eos < vocab:
         raise ValueError(f"eos must be None or lie in [0, V = {vocab}), got {eos!r}")
     return table
 
 
-def terminal_distribution(params, auto: Automaton, *, eos: int | None, length: int) -> jax.Array:
+def terminal_distribution(params: Any, auto: Automaton, *, eos: int | None, length: int) -> jax.Array:
     """Exact P[s, L]: the completion has L tokens (EOS included) and ends in automaton state s.
 
     Matches ``jgrpo.sample(tabular_logits_fn(P), params, ..., max_len=length, eos_id=eos)``:
@@ -133,7 +135,7 @@ def terminal_distribution(params, auto: Automaton, *, eos: int | None, length: i
     return out.at[:, length].add(jnp.sum(alive, axis=0))
 
 
-def expectation(params, auto: Automaton, value, *, eos: int | None, length: int) -> jax.Array:
+def expectation(params: Any, auto: Automaton, value: ArrayLike, *, eos: int | None, length: int) -> jax.Array:
     """E[value[s, L]] under the tabular policy (see :func:`terminal_distribution`).
 
     Args:
@@ -147,8 +149,15 @@ def expectation(params, auto: Automaton, value, *, eos: int | None, length: int)
     return jnp.sum(p * jnp.asarray(value, p.dtype))
 
 
-def expected_length(params, *, eos: int | None, length: int) -> jax.Array:
-    """E[|o|], the expected number of completion tokens (EOS included)."""
+def expected_length(params: Any, *, eos: int | None, length: int) -> jax.Array:
+    """E[|o|], the expected number of completion tokens (EOS included).
+
+    The uniform policy over V = 2 tokens stops at EOS with probability 1/2 per token:
+
+    >>> import jax.numpy as jnp
+    >>> float(expected_length({"logits": jnp.zeros((4, 3, 2))}, eos=0, length=4))  # 1 + 1/2 + 1/4 + 1/8
+    1.875
+    """
     table = params["logits"] if isinstance(params, dict) else params
     auto = automaton(np.zeros((1, np.shape(table)[-1]), np.int32))
     return expectation(params, auto, jnp.arange(length + 1)[None, :], eos=eos, length=length)

@@ -27,18 +27,35 @@ With C empty the projection, the strong gate and the guard are exactly Adam.
 
 Extra args are passed to ``update`` as keywords (``optax.GradientTransformationExtraArgs``);
 ``optax.chain`` forwards them to every member, and each transform here ignores the
-ones it does not use.
+ones it does not use. Like optax's, the factories take their hyperparameters as
+keywords (``b1``, ``b2``, ``eps``, ...), and the full optimizers take the learning
+rate first: ``gated_adam(1e-3)`` as ``optax.adam(1e-3)``.
 
-Example::
+Example: two tokens whose ratios are ``exp(params)``; token 0 (A > 0) is beyond
+1 + ε_up, so its advantage gradient is 0 and every step that would push it further
+out is projected away, while token 1 (A < 0) keeps being optimised.
 
-    from jgrpo import optim
-
-    opt = optax.chain(
-        optim.scale_by_clip_gated_adam(b1=0.9, b2=0.95, eps_low=0.2, eps_high=0.28),
-        optax.scale_by_learning_rate(1e-6),
-        optim.project_clipped(eps_low=0.2, eps_high=0.28),
-    )
-    updates, state = opt.update(grads, state, params, ratio_fn=ratio_fn)
+>>> import jax
+>>> import jax.numpy as jnp
+>>> import optax
+>>> from jgrpo import optim
+>>> def ratio_fn(params):  # -> (ratio s, advantages A[, mask])
+...     return jnp.exp(params), jnp.array([1.0, -1.0])
+>>> opt = optax.chain(
+...     optim.scale_by_clip_gated_adam(b1=0.9, b2=0.95, eps_low=0.2, eps_high=0.28),
+...     optax.scale_by_learning_rate(0.1),
+...     optim.project_clipped(eps_low=0.2, eps_high=0.28),
+... )
+>>> params = jnp.array([0.5, 0.0])  # s = (1.65, 1.0): token 0 is clipped
+>>> state = opt.init(params)
+>>> grads = jnp.array([-1.0, 1.0])  # a descent direction that pushes token 0 further out, token 1 down
+>>> update = jax.jit(lambda g, s, p: opt.update(g, s, p, ratio_fn=ratio_fn))  # extra args: keywords
+>>> updates, state = update(grads, state, params)
+>>> [round(u, 6) for u in updates.tolist()]  # token 0 no longer moves out; token 1: Adam's first step −η
+[0.0, -0.1]
+>>> optim.violation(*ratio_fn(params + updates), eps_low=0.2, eps_high=0.28) <= optim.violation(
+...     *ratio_fn(params), eps_low=0.2, eps_high=0.28)
+Array(True, dtype=bool)
 """
 
 from __future__ import annotations
@@ -49,14 +66,20 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike
+
+from jgrpo._validate import check_adam, check_choice, check_number, check_static_int, scalar
 
 __all__ = [
+    "ClipExcess",
     "ClipGatedAdamState",
     "GatedAdamState",
     "ProjectionState",
+    "RatioFn",
     "ResetState",
     "TrustRegionGuardState",
     "adam_with_reset",
+    "clip_excess",
     "clip_gated_adam",
     "clipped_weights",
     "gated_adam",
@@ -71,34 +94,14 @@ __all__ = [
 
 _RESET_MODES = ("all", "count")
 
-
-def _is_concrete_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _check_range(name, value, lo, hi, *, lo_open=False, hi_open=False):
-    """Validate a hyperparameter when it is a Python number (traced values pass through)."""
-    if not _is_concrete_number(value):
-        return
-    bad_lo = value <= lo if lo_open else value < lo
-    bad_hi = value >= hi if hi_open else value > hi
-    if bad_lo or bad_hi:
-        interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+ScalarOrSchedule = float | jax.Array | optax.Schedule
+RatioFn = Callable[[Any], tuple]
+"""``params -> (ratio, advantages)`` or ``(ratio, advantages, mask)``: the policy's ratios against π_old."""
 
 
-def _check_adam(b1, b2, eps, eps_root):
-    _check_range("b1", b1, 0.0, 1.0, hi_open=True)
-    _check_range("b2", b2, 0.0, 1.0, hi_open=True)
-    _check_range("eps", eps, 0.0, float("inf"))
-    _check_range("eps_root", eps_root, 0.0, float("inf"))
-
-
-def _scalar(name, x, dtype=jnp.float32):
-    x = jnp.asarray(x)
-    if x.ndim != 0:
-        raise ValueError(f"{name} must be a scalar, got shape {x.shape}")
-    return x.astype(dtype)
+def _count_if(count: jax.Array, pred: ArrayLike) -> jax.Array:
+    """``count + 1`` where ``pred`` (``optax.safe_increment``: saturates instead of overflowing), else ``count``."""
+    return jnp.where(pred, optax.safe_increment(count), count)
 
 
 # ----------------------------------------------------------------------------- reset
@@ -114,10 +117,6 @@ class ResetState(NamedTuple):
 
     inner_state: Any
     num_resets: jax.Array
-
-
-def _select(pred, on_true, on_false):
-    return jax.tree.map(lambda a, b: jnp.where(pred, a, b).astype(b.dtype), on_true, on_false)
 
 
 def reset_on_new_batch(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
@@ -142,22 +141,22 @@ def reset_on_new_batch(inner: optax.GradientTransformation) -> optax.GradientTra
         return ResetState(inner_state=inner.init(params), num_resets=jnp.zeros([], jnp.int32))
 
     def update_fn(updates, state, params=None, *, new_batch=False, **extra_args):
-        new_batch = _scalar("new_batch", new_batch, jnp.bool_)
+        new_batch = scalar("new_batch", new_batch, jnp.bool_)
         fresh = inner.init(updates if params is None else params)
-        inner_state = _select(new_batch, fresh, state.inner_state)
+        inner_state = optax.tree.where(new_batch, fresh, state.inner_state)
         updates, inner_state = optax.with_extra_args_support(inner).update(updates, inner_state, params, **extra_args)
-        return updates, ResetState(inner_state=inner_state, num_resets=state.num_resets + new_batch.astype(jnp.int32))
+        return updates, ResetState(inner_state=inner_state, num_resets=_count_if(state.num_resets, new_batch))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def scale_by_adam_with_reset(
     *,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-8,
-    eps_root=0.0,
-    mu_dtype=None,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
+    mu_dtype: Any = None,
     reset: str = "all",
 ) -> optax.GradientTransformationExtraArgs:
     """``optax.scale_by_adam`` that restarts at every new batch.
@@ -186,9 +185,8 @@ def scale_by_adam_with_reset(
     Raises:
       ValueError: for an unknown ``reset`` or out-of-range hyperparameters.
     """
-    if reset not in _RESET_MODES:
-        raise ValueError(f"reset must be one of {_RESET_MODES}, got {reset!r}")
-    _check_adam(b1, b2, eps, eps_root)
+    check_choice("reset", reset, _RESET_MODES)
+    check_adam(b1, b2, eps, eps_root)
     adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype)
     if reset == "all":
         return reset_on_new_batch(adam)
@@ -198,19 +196,30 @@ def scale_by_adam_with_reset(
 
     def update_fn(updates, state, params=None, *, new_batch=False, **extra_args):
         del extra_args
-        new_batch = _scalar("new_batch", new_batch, jnp.bool_)
+        new_batch = scalar("new_batch", new_batch, jnp.bool_)
         s = state.inner_state
         s = s._replace(count=jnp.where(new_batch, jnp.zeros_like(s.count), s.count))
         updates, s = adam.update(updates, s, params)
-        return updates, ResetState(inner_state=s, num_resets=state.num_resets + new_batch.astype(jnp.int32))
+        return updates, ResetState(inner_state=s, num_resets=_count_if(state.num_resets, new_batch))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def adam_with_reset(
-    *, learning_rate, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, mu_dtype=None, reset: str = "all"
+    learning_rate: ScalarOrSchedule,
+    *,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
+    mu_dtype: Any = None,
+    reset: str = "all",
 ) -> optax.GradientTransformationExtraArgs:
-    """``optax.adam`` with ``scale_by_adam_with_reset``: chain(reset-Adam, scale_by_learning_rate)."""
+    """``optax.adam`` with ``scale_by_adam_with_reset``: chain(reset-Adam, scale_by_learning_rate).
+
+    Called like ``optax.adam``: ``adam_with_reset(1e-3, b1=0.9, reset="count")``; the extra
+    arg ``new_batch`` of ``update`` starts a new batch.
+    """
     return optax.chain(
         scale_by_adam_with_reset(b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, reset=reset),
         optax.scale_by_learning_rate(learning_rate),
@@ -235,7 +244,12 @@ class GatedAdamState(NamedTuple):
 
 
 def scale_by_gated_adam(
-    *, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, mu_dtype=None
+    *,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
+    mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Adam whose first moment is gated by the fraction of clipped tokens.
 
@@ -268,7 +282,7 @@ def scale_by_gated_adam(
       the overshoot experiment of an earlier version). ``scale_by_clip_gated_adam``
       gates exactly the momentum coordinates that push the clipped tokens outward.
     """
-    _check_adam(b1, b2, eps, eps_root)
+    check_adam(b1, b2, eps, eps_root)
     adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype)
 
     def init_fn(params):
@@ -278,20 +292,38 @@ def scale_by_gated_adam(
 
     def update_fn(updates, state, params=None, *, clip_fraction=0.0, all_clipped=False, **extra_args):
         del extra_args
-        c = jnp.clip(_scalar("clip_fraction", clip_fraction), 0.0, 1.0)
-        off = _scalar("all_clipped", all_clipped, jnp.bool_)
+        c = jnp.clip(scalar("clip_fraction", clip_fraction), 0.0, 1.0)
+        off = scalar("all_clipped", all_clipped, jnp.bool_)
         gate = jnp.where(off, jnp.zeros([], jnp.float32), 1.0 - c)
         mu = jax.tree.map(lambda m: gate.astype(m.dtype) * m, state.adam.mu)
         updates, s = adam.update(updates, state.adam._replace(mu=mu), params)
-        return updates, GatedAdamState(adam=s, gate=gate, num_gated=state.num_gated + (gate < 1).astype(jnp.int32))
+        return updates, GatedAdamState(adam=s, gate=gate, num_gated=_count_if(state.num_gated, gate < 1))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def gated_adam(
-    *, learning_rate, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, mu_dtype=None
+    learning_rate: ScalarOrSchedule,
+    *,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
+    mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """``optax.adam`` with ``scale_by_gated_adam``: chain(gated Adam, scale_by_learning_rate)."""
+    """``optax.adam`` with ``scale_by_gated_adam``: chain(gated Adam, scale_by_learning_rate).
+
+    Called like ``optax.adam``; without the extra args it *is* Adam:
+
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> p, g = jnp.array([1.0, -2.0]), jnp.array([0.5, -0.25])
+    >>> ours, ref = gated_adam(1e-3), optax.adam(1e-3)
+    >>> u, _ = ours.update(g, ours.init(p), p)
+    >>> bool(jnp.all(u == ref.update(g, ref.init(p), p)[0]))
+    True
+    >>> u, _ = ours.update(g, ours.init(p), p, clip_fraction=0.5)  # the gate only scales stale momentum
+    """
     return optax.chain(
         scale_by_gated_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype),
         optax.scale_by_learning_rate(learning_rate),
@@ -317,14 +349,62 @@ class TrustRegionGuardState(NamedTuple):
     num_rejected: jax.Array
 
 
-def violation(ratio, advantages, mask=None, *, eps_low, eps_high):
+class ClipExcess(NamedTuple):
+    """How far each token's ratio lies beyond the clip bound in its advantage-favoured direction.
+
+    Attributes:
+      high: s − (1 + ε_up) on the tokens with A > 0, −inf elsewhere (and on masked tokens).
+      low: (1 − ε_low) − s on the tokens with A < 0, −inf elsewhere (and on masked tokens).
+
+    A token is in the clipped set C of Prop. 3 exactly when ``high > 0`` or ``low > 0``.
+    """
+
+    high: jax.Array
+    low: jax.Array
+
+
+def clip_excess(
+    ratio: ArrayLike, advantages: ArrayLike, mask: ArrayLike | None = None, *, eps_low: ArrayLike, eps_high: ArrayLike
+) -> ClipExcess:
+    """The one definition of "beyond the clip bound in the advantage-favoured direction" (Eq. 1, Prop. 3).
+
+    C = {A > 0, s > 1 + ε_up} ∪ {A < 0, s < 1 − ε_low}: where Eq. 1's clipped branch is
+    active, so that the advantage gradient is exactly 0 (Eq. 28), yet Adam's momentum
+    keeps moving the ratio (Prop. 3/7). Moving the other way is not restricted by
+    PPO-style clipping and is not counted. :func:`violation`, :func:`clipped_weights`
+    and ``analysis.overshoot.escape`` are reductions of this.
+
+    Args:
+      ratio: s_{i,t}, any shape (its dtype is kept).
+      advantages: A, broadcastable to ``ratio`` (0 means unconstrained).
+      mask: optional, broadcastable to ``ratio``; 0 excludes a token.
+      eps_low, eps_high: clip widths ε_low, ε_up.
+
+    Returns:
+      :class:`ClipExcess`, both fields shaped like ``ratio``.
+
+    >>> import jax.numpy as jnp
+    >>> e = clip_excess(jnp.array([1.5, 1.5, 0.5, 0.9]), jnp.array([1.0, -1.0, -1.0, -1.0]), eps_low=0.2, eps_high=0.2)
+    >>> (e.high > 0).tolist(), (e.low > 0).tolist()
+    ([True, False, False, False], [False, False, True, False])
+    """
+    ratio = jnp.asarray(ratio)
+    adv = jnp.broadcast_to(jnp.asarray(advantages), ratio.shape)
+    on = jnp.ones(ratio.shape, bool) if mask is None else jnp.broadcast_to(jnp.asarray(mask), ratio.shape).astype(bool)
+    none = jnp.asarray(-jnp.inf, ratio.dtype)
+    high = jnp.where(on & (adv > 0), ratio - (1.0 + eps_high), none)
+    low = jnp.where(on & (adv < 0), (1.0 - eps_low) - ratio, none)
+    return ClipExcess(high=high, low=low)
+
+
+def violation(
+    ratio: ArrayLike, advantages: ArrayLike, mask: ArrayLike | None = None, *, eps_low: ArrayLike, eps_high: ArrayLike
+) -> jax.Array:
     """Escape from the trust region in the advantage-favoured direction.
 
-    V = Σ_{i,t} M_{i,t} ( 1{A>0}·max(0, s − (1 + ε_up)) + 1{A<0}·max(0, (1 − ε_low) − s) ).
+    V = Σ_{i,t} M_{i,t} ( 1{A>0}·max(0, s − (1 + ε_up)) + 1{A<0}·max(0, (1 − ε_low) − s) ),
 
-    These are exactly the tokens on which the clipped branch of Eq. 1 is active
-    and the advantage gradient is 0 (Prop. 3); moving the other way is not
-    restricted by PPO-style clipping and is not counted.
+    the total :func:`clip_excess` over the clipped set C of Prop. 3.
 
     Args:
       ratio: s_{i,t}, any shape.
@@ -334,22 +414,17 @@ def violation(ratio, advantages, mask=None, *, eps_low, eps_high):
 
     Returns:
       V ≥ 0, float32 scalar.
+
+    >>> import jax.numpy as jnp
+    >>> round(float(violation(jnp.array([1.5, 0.5]), jnp.array([1.0, -1.0]), eps_low=0.2, eps_high=0.2)), 6)
+    0.6
     """
-    ratio = jnp.asarray(ratio, jnp.float32)
-    adv = jnp.broadcast_to(jnp.asarray(advantages, jnp.float32), ratio.shape)
-    up = jnp.where(adv > 0, jnp.maximum(ratio - (1.0 + eps_high), 0.0), 0.0)
-    down = jnp.where(adv < 0, jnp.maximum((1.0 - eps_low) - ratio, 0.0), 0.0)
-    v = up + down
-    if mask is not None:
-        v = jnp.where(jnp.broadcast_to(jnp.asarray(mask), ratio.shape).astype(bool), v, 0.0)
-    return jnp.sum(v)
-
-
-RatioFn = Callable[[Any], tuple]
+    e = clip_excess(jnp.asarray(ratio, jnp.float32), advantages, mask, eps_low=eps_low, eps_high=eps_high)
+    return jnp.sum(jnp.maximum(e.high, 0.0) + jnp.maximum(e.low, 0.0))
 
 
 def trust_region_guard(
-    ratio_fn: RatioFn | None = None, *, eps_low=0.2, eps_high=0.2, max_backtracks: int = 10
+    ratio_fn: RatioFn | None = None, *, eps_low: ArrayLike = 0.2, eps_high: ArrayLike = 0.2, max_backtracks: int = 10
 ) -> optax.GradientTransformationExtraArgs:
     """Backtrack (halve) the final update while it pushes ratios out of the clip region.
 
@@ -390,10 +465,8 @@ def trust_region_guard(
       Costs 2 + j evaluations of ``ratio_fn`` per step (a ``lax.while_loop`` that
       stops at the first accepted scale).
     """
-    _check_range("eps_low", eps_low, 0.0, float("inf"))
-    _check_range("eps_high", eps_high, 0.0, float("inf"))
-    if _is_concrete_number(max_backtracks) and (int(max_backtracks) != max_backtracks or max_backtracks < 0):
-        raise ValueError(f"max_backtracks must be an int >= 0, got {max_backtracks!r}")
+    _check_eps_pair(eps_low, eps_high)
+    check_number("max_backtracks", max_backtracks, lo=0.0, integer=True)
     default_ratio_fn = ratio_fn
 
     def init_fn(params):
@@ -403,17 +476,10 @@ def trust_region_guard(
 
     def update_fn(updates, state, params=None, *, ratio_fn=None, **extra_args):
         del extra_args
-        fn = default_ratio_fn if ratio_fn is None else ratio_fn
-        if fn is None:
-            raise ValueError("trust_region_guard needs ratio_fn (at construction or as the extra arg ratio_fn)")
-        if params is None:
-            raise ValueError("trust_region_guard needs params: call update(updates, state, params, ...)")
+        fn = _resolve_ratio_fn(default_ratio_fn, ratio_fn, params, "trust_region_guard")
 
         def viol(p):
-            out = fn(p)
-            if not isinstance(out, tuple) or len(out) not in (2, 3):
-                raise ValueError(f"ratio_fn must return (ratio, advantages[, mask]), got {type(out).__name__}")
-            return violation(*out, eps_low=eps_low, eps_high=eps_high)
+            return violation(*_unpack_ratio_fn(fn, p), eps_low=eps_low, eps_high=eps_high)
 
         v0 = viol(params)
         max_j = jnp.asarray(max_backtracks, jnp.int32)
@@ -440,7 +506,7 @@ def trust_region_guard(
             scale=scale,
             num_backtracks=n_back,
             total_backtracks=state.total_backtracks + n_back,
-            num_rejected=state.num_rejected + (~ok).astype(jnp.int32),
+            num_rejected=_count_if(state.num_rejected, ~ok),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -449,12 +515,14 @@ def trust_region_guard(
 # ----------------------------------------------------------------------------- clipped set, outward direction
 
 
-def clipped_weights(ratio, advantages, mask=None, *, eps_low, eps_high):
+def clipped_weights(
+    ratio: ArrayLike, advantages: ArrayLike, mask: ArrayLike | None = None, *, eps_low: ArrayLike, eps_high: ArrayLike
+) -> jax.Array:
     """w_j = sign(A_j) on the tokens beyond the bound in the advantage-favoured direction, 0 elsewhere.
 
-    The clipped set C = {A > 0, s > 1 + ε_up} ∪ {A < 0, s < 1 − ε_low} (where Eq. 1's
-    clipped branch is active and the advantage gradient is 0). Moving a token of C
-    "further out" means increasing z_j = sign(A_j)·s_j, so Σ_j w_j ∇s_j is the
+    The clipped set C = {A > 0, s > 1 + ε_up} ∪ {A < 0, s < 1 − ε_low} (:func:`clip_excess`:
+    where Eq. 1's clipped branch is active and the advantage gradient is 0). Moving a
+    token of C "further out" means increasing z_j = sign(A_j)·s_j, so Σ_j w_j ∇s_j is the
     aggregate outward direction of C.
 
     Returns:
@@ -462,10 +530,8 @@ def clipped_weights(ratio, advantages, mask=None, *, eps_low, eps_high):
     """
     ratio = jnp.asarray(ratio, jnp.float32)
     adv = jnp.broadcast_to(jnp.asarray(advantages, jnp.float32), ratio.shape)
-    beyond = ((adv > 0) & (ratio > 1.0 + eps_high)) | ((adv < 0) & (ratio < 1.0 - eps_low))
-    if mask is not None:
-        beyond &= jnp.broadcast_to(jnp.asarray(mask), ratio.shape).astype(bool)
-    return jnp.where(beyond, jnp.sign(adv), 0.0)
+    e = clip_excess(ratio, adv, mask, eps_low=eps_low, eps_high=eps_high)
+    return jnp.where((e.high > 0) | (e.low > 0), jnp.sign(adv), 0.0)
 
 
 def _unpack_ratio_fn(fn, params):
@@ -490,10 +556,6 @@ def _linear_ratio_maps(fn, params, *, eps_low, eps_high):
     return w, jvp, lambda c: transpose(c)[0]
 
 
-def _tree_vdot(a, b):
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
-
-
 def _remove(u, d, coef):
     """u − coef·d leaf by leaf; u itself (bit for bit) where coef is 0."""
     return jax.tree.map(lambda x, y: jnp.where(coef > 0, x - (coef * y).astype(x.dtype), x), u, d)
@@ -509,8 +571,8 @@ def _resolve_ratio_fn(default, given, params, who):
 
 
 def _check_eps_pair(eps_low, eps_high):
-    _check_range("eps_low", eps_low, 0.0, float("inf"))
-    _check_range("eps_high", eps_high, 0.0, float("inf"))
+    check_number("eps_low", eps_low, lo=0.0)
+    check_number("eps_high", eps_high, lo=0.0)
 
 
 # ----------------------------------------------------------------------------- projection
@@ -535,7 +597,7 @@ class ProjectionState(NamedTuple):
 
 
 def project_clipped(
-    ratio_fn: RatioFn | None = None, *, eps_low=0.2, eps_high=0.2, rounds: int = 1
+    ratio_fn: RatioFn | None = None, *, eps_low: ArrayLike = 0.2, eps_high: ArrayLike = 0.2, rounds: int = 1
 ) -> optax.GradientTransformationExtraArgs:
     """Remove from the update the component that moves clipped tokens further out of the clip region.
 
@@ -574,8 +636,7 @@ def project_clipped(
       ValueError: bad hyperparameters; at update time, no ``params`` or no ``ratio_fn``.
     """
     _check_eps_pair(eps_low, eps_high)
-    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
-        raise ValueError(f"rounds must be a static Python int >= 1, got {rounds!r}")
+    rounds = check_static_int("rounds", rounds, low=1)
     default_ratio_fn = ratio_fn
 
     def init_fn(params):
@@ -599,11 +660,11 @@ def project_clipped(
             active = dz > 0
             d = vjp(jnp.where(active, w, 0.0).astype(jnp.float32))
             du = jnp.sum(jnp.where(active, dz, 0.0))
-            dd = _tree_vdot(d, d)
+            dd = optax.tree.vdot(d, d)
             coef = jnp.where((du > 0) & (dd > 0), du / jnp.where(dd > 0, dd, 1.0), 0.0)
             u = _remove(u, d, coef)
             dz = outward(u)
-        diff = optax.tree.norm(jax.tree.map(lambda a, b: a - b, updates, u))
+        diff = optax.tree.norm(optax.tree.sub(updates, u))
         norm = optax.tree.norm(updates)
         removed = jnp.where(norm > 0, diff / jnp.where(norm > 0, norm, 1.0), 0.0)
         return u, ProjectionState(
@@ -611,7 +672,7 @@ def project_clipped(
             outward_before=jnp.sum(jnp.maximum(dz0, 0.0)),
             outward_after=jnp.sum(jnp.maximum(dz, 0.0)),
             removed=removed.astype(jnp.float32),
-            num_projected=state.num_projected + (diff > 0).astype(jnp.int32),
+            num_projected=_count_if(state.num_projected, diff > 0),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -643,13 +704,13 @@ _GATE_DROPS = ("restart", "zero")
 def scale_by_clip_gated_adam(
     ratio_fn: RatioFn | None = None,
     *,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-8,
-    eps_root=0.0,
-    mu_dtype=None,
-    eps_low=0.2,
-    eps_high=0.2,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
+    mu_dtype: Any = None,
+    eps_low: ArrayLike = 0.2,
+    eps_high: ArrayLike = 0.2,
     mode: str = "parameter",
     drop: str = "restart",
 ) -> optax.GradientTransformationExtraArgs:
@@ -696,11 +757,9 @@ def scale_by_clip_gated_adam(
     Raises:
       ValueError: bad hyperparameters, mode or drop; at update time, no params or no ratio_fn.
     """
-    if mode not in _GATE_MODES:
-        raise ValueError(f"mode must be one of {_GATE_MODES}, got {mode!r}")
-    if drop not in _GATE_DROPS:
-        raise ValueError(f"drop must be one of {_GATE_DROPS}, got {drop!r}")
-    _check_adam(b1, b2, eps, eps_root)
+    check_choice("mode", mode, _GATE_MODES)
+    check_choice("drop", drop, _GATE_DROPS)
+    check_adam(b1, b2, eps, eps_root)
     _check_eps_pair(eps_low, eps_high)
     adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype)
     default_ratio_fn = ratio_fn
@@ -745,28 +804,43 @@ def scale_by_clip_gated_adam(
             adam=s,
             gated_frac=(n_gate / max(n_all, 1)).astype(jnp.float32),
             gated_mass=jnp.where(norm > 0, removed / jnp.where(norm > 0, norm, 1.0), 0.0).astype(jnp.float32),
-            num_gated=state.num_gated + (removed > 0).astype(jnp.int32),
+            num_gated=_count_if(state.num_gated, removed > 0),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def clip_gated_adam(
-    ratio_fn: RatioFn | None = None,
+    learning_rate: ScalarOrSchedule,
     *,
-    learning_rate,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-8,
-    eps_low=0.2,
-    eps_high=0.2,
+    ratio_fn: RatioFn | None = None,
+    b1: ArrayLike = 0.9,
+    b2: ArrayLike = 0.999,
+    eps: ArrayLike = 1e-8,
+    eps_root: ArrayLike = 0.0,
+    mu_dtype: Any = None,
+    eps_low: ArrayLike = 0.2,
+    eps_high: ArrayLike = 0.2,
     mode: str = "parameter",
     drop: str = "restart",
 ) -> optax.GradientTransformationExtraArgs:
-    """chain(``scale_by_clip_gated_adam``, scale_by_learning_rate): the strong gate as a full optimizer."""
+    """chain(``scale_by_clip_gated_adam``, scale_by_learning_rate): the strong gate as a full optimizer.
+
+    Called like ``optax.adam``: ``clip_gated_adam(1e-3, eps_low=0.2, eps_high=0.28)``; pass
+    ``ratio_fn`` here or per step as the extra arg ``ratio_fn``.
+    """
     return optax.chain(
         scale_by_clip_gated_adam(
-            ratio_fn, b1=b1, b2=b2, eps=eps, eps_low=eps_low, eps_high=eps_high, mode=mode, drop=drop
+            ratio_fn,
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            eps_root=eps_root,
+            mu_dtype=mu_dtype,
+            eps_low=eps_low,
+            eps_high=eps_high,
+            mode=mode,
+            drop=drop,
         ),
         optax.scale_by_learning_rate(learning_rate),
     )

@@ -61,6 +61,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.typing import ArrayLike
+
+from jgrpo._validate import check_ids, check_int_array, is_concrete, shape_str
 
 __all__ = [
     "LogprobAndEntropyFn",
@@ -107,38 +110,31 @@ class LogprobAndEntropyFn(Protocol):
 # ----------------------------------------------------------------------------- helpers
 
 
-def _shape_str(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(str(s) for s in shape) + ")"
-
-
-def _is_concrete(x: Any) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
-def _check_int(name: str, x: Any, *, min_rank: int, dims: str) -> tuple[int, ...]:
-    shape = tuple(np.shape(x))
-    if len(shape) < min_rank:
-        raise ValueError(f"{name} must have shape {dims} (rank >= {min_rank}), got shape {_shape_str(shape)}")
-    dtype = jnp.result_type(x)
-    if not jnp.issubdtype(dtype, jnp.integer):
-        raise TypeError(f"{name} must be an integer array of token ids, got dtype {dtype}")
-    return shape
-
-
-def _check_range(name: str, x: Any, vocab: int) -> None:
-    """Checks ``0 <= x < vocab`` when the values are concrete (not under jit)."""
-    if not _is_concrete(x) or np.size(x) == 0:
-        return
-    arr = np.asarray(x)
-    lo, hi = int(arr.min()), int(arr.max())
-    if lo < 0 or hi >= vocab:
-        raise ValueError(f"{name} must hold token ids in [0, {vocab}) (vocab = {vocab}), got values in [{lo}, {hi}]")
+# The input checks are jgrpo._validate's (one copy for jgrpo and analysis), under the names used below.
+_shape_str = shape_str
+_is_concrete = is_concrete
+_check_int = check_int_array  # (name, x, *, min_rank, dims) -> shape; TypeError for non-integer ids
+_check_range = check_ids  # (name, x, vocab): 0 <= x < vocab when concrete
 
 
 def _entropy(logp_v: jax.Array) -> jax.Array:
     """Entropy of the distributions ``[..., V]`` given as log-probabilities; 0 log 0 = 0."""
     p = jnp.exp(logp_v)
     return -jnp.sum(jnp.where(p > 0, p * logp_v, 0.0), axis=-1)
+
+
+def _log_softmax32(logits_V: jax.Array) -> jax.Array:
+    """``log softmax`` over the last axis, in float32 (whatever the compute dtype)."""
+    return jax.nn.log_softmax(logits_V.astype(jnp.float32), axis=-1)
+
+
+def _token_logp_and_entropy(logp_V: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(log pi(y_t), H(pi(.)))`` ``[...]`` from next-token log-probabilities ``[..., V]`` and token ids ``[...]``.
+
+    The one log-softmax-gather and entropy of every policy here (tabular, prefix tree, NNX transformer).
+    """
+    logp = jnp.take_along_axis(logp_V, tokens[..., None], axis=-1)[..., 0]
+    return logp, _entropy(logp_V)
 
 
 # ----------------------------------------------------------------------------- tabular policy
@@ -202,8 +198,7 @@ def _tabular_cells(table: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.
 @jax.jit
 def _tabular_core(table: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
     _, logp_v = _tabular_cells(table, tokens)
-    logp = jnp.take_along_axis(logp_v, tokens[..., None], axis=-1)[..., 0]
-    return logp, _entropy(logp_v)
+    return _token_logp_and_entropy(logp_v, tokens)
 
 
 @functools.partial(jax.jit, static_argnames="dense")
@@ -219,7 +214,9 @@ def _tabular_grad_core(table: jax.Array, tokens: jax.Array, *, dense: bool) -> j
     return full.astype(table.dtype)
 
 
-def tabular_logprob_and_entropy(params: Any, tokens: Any, prompt: Any = None) -> tuple[jax.Array, jax.Array]:
+def tabular_logprob_and_entropy(
+    params: Any, tokens: ArrayLike, prompt: ArrayLike | None = None
+) -> tuple[jax.Array, jax.Array]:
     """Per-token log-probabilities and next-token entropies of the tabular policy.
 
     ``logp[..., t] = log softmax(logits[t, y_{t-1}])[y_t]`` with ``y_{-1}`` the start context.
@@ -243,7 +240,7 @@ def tabular_logprob_and_entropy(params: Any, tokens: Any, prompt: Any = None) ->
     return _tabular_core(params["logits"], jnp.asarray(tokens))
 
 
-def tabular_logprob(params: Any, tokens: Any, prompt: Any = None) -> jax.Array:
+def tabular_logprob(params: Any, tokens: ArrayLike, prompt: ArrayLike | None = None) -> jax.Array:
     """Per-token log-probabilities ``[..., T]`` float32 of the tabular policy (see
     :func:`tabular_logprob_and_entropy`)."""
     return tabular_logprob_and_entropy(params, tokens, prompt)[0]
@@ -475,7 +472,9 @@ def _prompt_tables(params: Any, prompt: Any) -> tuple[jax.Array, jax.Array]:
     return table, jnp.asarray(prompt)
 
 
-def tabular_prompt_logprob_and_entropy(params: Any, tokens: Any, prompt: Any) -> tuple[jax.Array, jax.Array]:
+def tabular_prompt_logprob_and_entropy(
+    params: Any, tokens: ArrayLike, prompt: ArrayLike
+) -> tuple[jax.Array, jax.Array]:
     """Per-token log-probabilities and entropies of a prompt-conditioned tabular policy.
 
     ``logp[..., g, t] = log softmax(logits[prompt[...], t, y_{t-1}])[y_t]``.
@@ -512,7 +511,7 @@ def tabular_prompt_logprob_and_entropy(params: Any, tokens: Any, prompt: Any) ->
     return logp.reshape(tshape), ent.reshape(tshape)
 
 
-def tabular_prompt_logprob(params: Any, tokens: Any, prompt: Any) -> jax.Array:
+def tabular_prompt_logprob(params: Any, tokens: ArrayLike, prompt: ArrayLike) -> jax.Array:
     """``[..., G, T]`` log-probabilities of a prompt-conditioned tabular policy (see
     :func:`tabular_prompt_logprob_and_entropy`)."""
     return tabular_prompt_logprob_and_entropy(params, tokens, prompt)[0]
@@ -591,7 +590,7 @@ def _tree_max_len(n: int, vocab: int) -> int:
     return t
 
 
-def tree_contexts(tokens: Any, vocab: int) -> jax.Array:
+def tree_contexts(tokens: ArrayLike, vocab: int) -> jax.Array:
     """``[..., T]`` row index of each token's context (its prefix ``y_<t``) in a prefix-tree table.
 
     ``c_t = (1 + V + ... + V^{t-1}) + sum_{k<t} y_k V^{t-1-k}``: prefixes of length t
@@ -613,12 +612,12 @@ def tree_contexts(tokens: Any, vocab: int) -> jax.Array:
 @jax.jit
 def _tree_core(table: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
     ctx = tree_contexts(tokens, table.shape[-1])
-    logp_v = jax.nn.log_softmax(table[ctx].astype(jnp.float32), axis=-1)
-    logp = jnp.take_along_axis(logp_v, tokens[..., None], axis=-1)[..., 0]
-    return logp, _entropy(logp_v)
+    return _token_logp_and_entropy(_log_softmax32(table[ctx]), tokens)
 
 
-def tree_logprob_and_entropy(params: Any, tokens: Any, prompt: Any = None) -> tuple[jax.Array, jax.Array]:
+def tree_logprob_and_entropy(
+    params: Any, tokens: ArrayLike, prompt: ArrayLike | None = None
+) -> tuple[jax.Array, jax.Array]:
     """Per-token log-probabilities and next-token entropies of a prefix-tree policy.
 
     ``logp[..., t] = log softmax(logits[tree_contexts(y)[t]])[y_t]``: the context of
@@ -646,7 +645,7 @@ def tree_logprob_and_entropy(params: Any, tokens: Any, prompt: Any = None) -> tu
     return _tree_core(table, jnp.asarray(tokens))
 
 
-def tree_logprob(params: Any, tokens: Any, prompt: Any = None) -> jax.Array:
+def tree_logprob(params: Any, tokens: ArrayLike, prompt: ArrayLike | None = None) -> jax.Array:
     """``[..., T]`` log-probabilities of a prefix-tree policy (see :func:`tree_logprob_and_entropy`)."""
     return tree_logprob_and_entropy(params, tokens, prompt)[0]
 
@@ -740,8 +739,42 @@ class TransformerConfig:
         return cls(**{**kw, **overrides})
 
 
-# Kernels ~ N(0, 1/fan_in), embeddings ~ N(0, 0.02^2), LayerNorm scale 1, biases 0.
-_KERNEL_INIT = nnx.initializers.variance_scaling(1.0, "fan_in", "normal")
+# The one initialisation of the transformer (used by its constructor and by make_transformer): kernels
+# ~ N(0, 1/fan_in), embeddings ~ N(0, 0.02^2), LayerNorm scale 1, biases 0, every random leaf a slice of one
+# normal draw (compiling one threefry call is an order of magnitude faster on CPU than one per parameter).
+# The submodules are built with zero placeholders that _initial_params then overwrites.
+_PLACEHOLDER = nnx.initializers.zeros_init()
+
+
+def _init_rule(path: tuple, shape: tuple[int, ...]) -> tuple[str, float | None]:
+    """(kind, std) of a parameter from the last dict key of its path: its distribution."""
+    name = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)][-1]
+    if name == "scale":
+        return "one", None
+    if name == "bias":
+        return "zero", None
+    if name in ("embedding", "pos_embed"):
+        return "normal", 0.02
+    if name == "kernel":
+        return "normal", 1.0 / np.sqrt(shape[0])  # fan_in of an [in, out] kernel
+    raise NotImplementedError(f"no init rule for parameter {name!r}")  # pragma: no cover - a new kind needs one
+
+
+def _initial_params(state: Any, key: jax.Array) -> Any:
+    """The initial values of ``state``'s leaves (arrays or shapes) from ``key``: one normal draw, sliced per leaf."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(state)
+    rules = [_init_rule(path, leaf.shape) for path, leaf in flat]
+    total = sum(int(np.prod(leaf.shape)) for (_, leaf), (kind, _) in zip(flat, rules, strict=True) if kind == "normal")
+    z = jax.random.normal(key, (total,), jnp.float32)
+    out, offset = [], 0
+    for (_, leaf), (kind, std) in zip(flat, rules, strict=True):
+        if kind == "normal":
+            size = int(np.prod(leaf.shape))
+            out.append((std * z[offset : offset + size]).reshape(leaf.shape).astype(leaf.dtype))
+            offset += size
+        else:
+            out.append(jnp.full(leaf.shape, 1.0 if kind == "one" else 0.0, leaf.dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 class _Block(nnx.Module):
@@ -751,7 +784,7 @@ class _Block(nnx.Module):
         d, dt, pdt = config.d_model, jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
         self.n_heads = config.n_heads
         self.ln1 = nnx.LayerNorm(d, dtype=jnp.float32, param_dtype=pdt, rngs=rngs)
-        lin = functools.partial(nnx.Linear, dtype=dt, param_dtype=pdt, kernel_init=_KERNEL_INIT, rngs=rngs)
+        lin = functools.partial(nnx.Linear, dtype=dt, param_dtype=pdt, kernel_init=_PLACEHOLDER, rngs=rngs)
         # No bias on q, k, v: softmax is shift-invariant, so a key bias has an exactly zero gradient
         # that float rounding turns into noise which Adam (eps -> 0) amplifies into +-lr steps.
         self.qkv = lin(d, 3 * d, use_bias=False)
@@ -765,14 +798,10 @@ class _Block(nnx.Module):
         h = self.n_heads
         qkv = self.qkv(self.ln1(x_NLD).astype(x_NLD.dtype)).reshape(n, length, 3, h, d // h)
         q_NLHK, k_NLHK, v_NLHK = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        scores_NHLL = jnp.einsum("nqhk,nshk->nhqs", q_NLHK, k_NLHK).astype(jnp.float32) / np.sqrt(d // h)
-        causal_LL = jnp.tril(jnp.ones((length, length), bool))
-        # Masked scores become the float32 minimum: exp() is exactly 0, so later
-        # positions contribute exactly nothing (value and gradient).
-        scores_NHLL = jnp.where(causal_LL, scores_NHLL, jnp.finfo(jnp.float32).min)
-        attn_NHLL = jax.nn.softmax(scores_NHLL, axis=-1).astype(v_NLHK.dtype)
-        out_NLD = jnp.einsum("nhqs,nshk->nqhk", attn_NHLL, v_NLHK).reshape(n, length, d)
-        x_NLD = x_NLD + self.proj(out_NLD)
+        # Causal softmax(q k^T / sqrt(K)) v with float32 logits and softmax; masked logits are a large negative
+        # number whose exp() is exactly 0, so later positions contribute exactly nothing (value and gradient).
+        out_NLHK = jax.nn.dot_product_attention(q_NLHK, k_NLHK, v_NLHK, is_causal=True, implementation="xla")
+        x_NLD = x_NLD + self.proj(out_NLHK.reshape(n, length, d))
         y = self.fc2(jax.nn.gelu(self.fc1(self.ln2(x_NLD).astype(x_NLD.dtype))))
         return x_NLD + y
 
@@ -786,20 +815,26 @@ class Transformer(nnx.Module):
 
     ``__call__(ids) == decode(embed(ids))``; the split exposes the input embeddings so
     that tests can differentiate with respect to them (nanodo's causality test).
+
+    Initialisation: kernels N(0, 1/fan_in), embeddings N(0, 0.02²), LayerNorm scale 1,
+    biases 0, all drawn from the one key ``rngs.params()`` (its first draw); :func:`make_transformer`
+    runs the same initialisation (jitted, cached per config), so
+    ``Transformer(config, rngs=nnx.Rngs(params=k))`` has the parameters of
+    ``make_transformer(nnx.Rngs(params=k).params(), config)``.
     """
 
     def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        key = rngs.params()  # the first draw: the submodules below consume rngs for their placeholders
         self.config = config
         d, dt, pdt = config.d_model, jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
-        self.tok_embed = nnx.Embed(
-            config.vocab, d, dtype=dt, param_dtype=pdt, embedding_init=nnx.initializers.normal(0.02), rngs=rngs
-        )
-        self.pos_embed = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (config.max_len, d), pdt))
+        self.tok_embed = nnx.Embed(config.vocab, d, dtype=dt, param_dtype=pdt, embedding_init=_PLACEHOLDER, rngs=rngs)
+        self.pos_embed = nnx.Param(jnp.zeros((config.max_len, d), pdt))
         self.blocks = nnx.List([_Block(config, rngs=rngs) for _ in range(config.n_layers)])
         self.ln_f = nnx.LayerNorm(d, dtype=jnp.float32, param_dtype=pdt, rngs=rngs)
         self.head = nnx.Linear(
-            d, config.vocab, use_bias=False, dtype=dt, param_dtype=pdt, kernel_init=_KERNEL_INIT, rngs=rngs
+            d, config.vocab, use_bias=False, dtype=dt, param_dtype=pdt, kernel_init=_PLACEHOLDER, rngs=rngs
         )
+        nnx.update(self, _initial_params(nnx.state(self), key))
 
     def embed(self, ids_NL: jax.Array) -> jax.Array:
         """``ids [N, L]`` int -> input embeddings ``[N, L, d_model]`` (token + position)."""
@@ -825,11 +860,15 @@ def make_transformer(key: jax.Array, config: TransformerConfig) -> tuple[nnx.Gra
     """Initialises a :class:`Transformer` and splits it into ``(graphdef, params)``.
 
     ``params`` is an ``nnx.State`` pytree (differentiable, optax-compatible);
-    ``nnx.merge(graphdef, params)`` rebuilds the module. The initialisation is jitted
-    and cached per config; it has the same distributions as
-    ``Transformer(config, rngs=...)`` (kernels N(0, 1/fan_in), embeddings
-    N(0, 0.02^2), LayerNorm scale 1, biases 0) but draws them from one normal
-    sample, so its values differ from the module constructor's for the same key.
+    ``nnx.merge(graphdef, params)`` rebuilds the module. The initialisation is the
+    module's own (one normal draw from ``key``, see :class:`Transformer`), jitted and
+    cached per config.
+
+    >>> import jax, jax.numpy as jnp
+    >>> graphdef, params = make_transformer(jax.random.key(0), TransformerConfig.tiny(vocab=8))
+    >>> ids = jnp.zeros((1, 5), jnp.int32)
+    >>> jax.eval_shape(lambda p: nnx.merge(graphdef, p)(ids), params).shape  # ids [N, L] -> logits [N, L, V]
+    (1, 5, 8)
     """
     if not isinstance(config, TransformerConfig):
         raise TypeError(f"config must be a TransformerConfig, got {type(config).__name__}")
@@ -839,43 +878,9 @@ def make_transformer(key: jax.Array, config: TransformerConfig) -> tuple[nnx.Gra
 
 @functools.cache
 def _transformer_init(config: TransformerConfig) -> tuple[nnx.GraphDef, Callable[[jax.Array], nnx.State]]:
-    """(graphdef, jitted key -> params) per config.
-
-    One normal draw for all random leaves, sliced and scaled per leaf (same
-    distributions as the module's own initializers): compiling one threefry call is
-    an order of magnitude faster on CPU than one per parameter.
-    """
-    abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(params=0)))
-    graphdef, shapes = nnx.split(abstract)
-    flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-    rules = []
-    for path, leaf in flat:
-        name = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)][-1]
-        if name == "scale":
-            rules.append(("one", None))
-        elif name == "bias":
-            rules.append(("zero", None))
-        elif name in ("embedding", "pos_embed"):
-            rules.append(("normal", 0.02))
-        elif name == "kernel":
-            rules.append(("normal", 1.0 / np.sqrt(leaf.shape[0])))
-        else:  # pragma: no cover - a new parameter kind must get a rule
-            raise NotImplementedError(f"no init rule for parameter {name!r}")
-    total = sum(int(np.prod(leaf.shape)) for (_, leaf), (kind, _) in zip(flat, rules, strict=True) if kind == "normal")
-
-    def init(key: jax.Array) -> nnx.State:
-        z = jax.random.normal(key, (total,), jnp.float32)
-        out, offset = [], 0
-        for (_, leaf), (kind, std) in zip(flat, rules, strict=True):
-            if kind == "normal":
-                size = int(np.prod(leaf.shape))
-                out.append((std * z[offset : offset + size]).reshape(leaf.shape).astype(leaf.dtype))
-                offset += size
-            else:
-                out.append(jnp.full(leaf.shape, 1.0 if kind == "one" else 0.0, leaf.dtype))
-        return jax.tree_util.tree_unflatten(treedef, out)
-
-    return graphdef, jax.jit(init)
+    """(graphdef, jitted key -> params) per config: :func:`_initial_params` on the module's abstract state."""
+    graphdef, shapes = nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(params=0))))
+    return graphdef, jax.jit(functools.partial(_initial_params, shapes))
 
 
 @functools.cache
@@ -930,9 +935,7 @@ def _seq_logprob_core(graphdef: nnx.GraphDef, params: Any, tokens: Any, prompt: 
     prompt_GP = jnp.broadcast_to(prompt[..., None, :], lead + (g, p)).astype(dtype)
     ids = jnp.concatenate([prompt_GP, tokens.astype(dtype)], axis=-1).reshape(-1, p + t)  # [N, P+T]
     logits_NTV = model(ids)[:, p - 1 : p + t - 1]
-    logp_v = jax.nn.log_softmax(logits_NTV.astype(jnp.float32), axis=-1).reshape(tshape + logits_NTV.shape[-1:])
-    logp = jnp.take_along_axis(logp_v, tokens[..., None], axis=-1)[..., 0]
-    return logp, _entropy(logp_v)
+    return _token_logp_and_entropy(_log_softmax32(logits_NTV).reshape(tshape + logits_NTV.shape[-1:]), tokens)
 
 
 @functools.cache

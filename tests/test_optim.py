@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -174,13 +177,14 @@ def test_chain_with_weight_decay_matches_adamw():
 
 
 def test_inject_hyperparams_and_vmap_one_compile():
-    traces = []
     gated = optax.inject_hyperparams(optim.gated_adam)(learning_rate=0.05, b1=0.9, b2=0.95)
     reset = optax.inject_hyperparams(optim.adam_with_reset)(learning_rate=0.05, b1=0.9, b2=0.95, reset="count")
     p = jnp.zeros(3)
 
-    def run(lr, b1):
-        traces.append(1)
+    @jax.jit
+    @jax.vmap
+    @chex.assert_max_traces(n=1)
+    def run_j(lr, b1):
         out = []
         for opt, extra, shift in ((gated, {"clip_fraction": 0.5}, 0.0), (reset, {"new_batch": True}, 0.3)):
             s = opt.init(p)
@@ -193,7 +197,6 @@ def test_inject_hyperparams_and_vmap_one_compile():
             out.append(x)
         return out
 
-    run_j = jax.jit(jax.vmap(run))
     lrs, b1s = jnp.array([0.01, 0.05, 0.1]), jnp.array([0.5, 0.9, 0.0])
     xg, xr = run_j(lrs, b1s)
     for i in range(3):
@@ -201,14 +204,97 @@ def test_inject_hyperparams_and_vmap_one_compile():
         np.testing.assert_allclose(xg[i], ref_g[-1], rtol=1e-5, atol=1e-6)
         ref_r = textbook_adam(3, lr=float(lrs[i]), b1=float(b1s[i]), b2=0.95, eps=1e-8, reset_every=1, reset="count")
         np.testing.assert_allclose(xr[i], ref_r[-1], rtol=1e-5, atol=1e-6)
-    run_j(lrs * 0.5, b1s)
-    assert len(traces) == 1
+    run_j(lrs * 0.5, b1s)  # other values, same shapes: no second trace (chex.assert_max_traces would raise)
+
+
+# ---------------------------------------------------------------------------- optax habits
+
+
+FULL_OPTIMIZERS = [optim.adam_with_reset, optim.gated_adam, optim.clip_gated_adam]
+SCALE_TRANSFORMS = [
+    optim.scale_by_adam_with_reset,
+    optim.scale_by_gated_adam,
+    optim.scale_by_clip_gated_adam,
+    optim.project_clipped,
+    optim.trust_region_guard,
+]
+
+
+@pytest.mark.parametrize("factory", FULL_OPTIMIZERS, ids=lambda f: f.__name__)
+def test_full_optimizers_are_called_like_optax_adam(factory):
+    # learning rate positional (float or schedule), Adam's other hyperparameters keyword-only with optax's names
+    params = inspect.signature(factory).parameters
+    names = list(params)
+    assert names[0] == "learning_rate" and params["learning_rate"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    assert all(params[n].kind is inspect.Parameter.KEYWORD_ONLY for n in names[1:])
+    adam = inspect.signature(optax.adam).parameters
+    for n in ("b1", "b2", "eps", "eps_root", "mu_dtype"):
+        assert n in params and params[n].default == adam[n].default, n
+    p, g = jnp.array([1.0, -2.0, 0.5]), jnp.array([0.5, -0.25, 1e-3])
+    for lr in (1e-3, optax.linear_schedule(1e-3, 0.0, 10)):
+        ours, ref = factory(lr), optax.adam(lr)
+        s, rs = ours.init(p), ref.init(p)
+        for _ in range(2):  # nothing clipped, no new batch, no gate: exactly Adam (the same ops, bit for bit)
+            u, s = ours.update(g, s, p, ratio_fn=lambda q: (jnp.ones(2), jnp.ones(2)))
+            ur, rs = ref.update(g, rs, p)
+            np.testing.assert_array_equal(u, ur)
+
+
+@pytest.mark.parametrize("factory", SCALE_TRANSFORMS, ids=lambda f: f.__name__)
+def test_transform_hyperparameters_are_keyword_only(factory):
+    params = inspect.signature(factory).parameters
+    positional = [n for n, p in params.items() if p.kind is not inspect.Parameter.KEYWORD_ONLY]
+    assert positional in ([], ["ratio_fn"]), positional  # a callable may come first, as optax's wrappers take theirs
+    if "b1" in params:
+        with pytest.raises(TypeError):
+            factory(None, 0.9) if positional else factory(0.9)
+
+
+def test_counters_saturate_instead_of_overflowing():
+    # optax.safe_increment: a diagnostic counter at int32's maximum stays there (plain + 1 would wrap to -2^31)
+    opt = optim.reset_on_new_batch(optax.scale_by_adam())
+    p = jnp.zeros(2)
+    s = opt.init(p)._replace(num_resets=jnp.asarray(np.iinfo(np.int32).max, jnp.int32))
+    _, s = opt.update(jnp.ones(2), s, p, new_batch=True)
+    assert int(s.num_resets) == np.iinfo(np.int32).max
+    _, s2 = opt.update(jnp.ones(2), opt.init(p), p, new_batch=False)
+    assert int(s2.num_resets) == 0
+
+
+def test_clip_excess_is_the_one_predicate_behind_violation_weights_and_escape():
+    from analysis.overshoot import escape
+
+    rng = np.random.default_rng(0)
+    ratio = jnp.asarray(rng.uniform(0.5, 1.5, (3, 4, 6)), jnp.float32)
+    adv = jnp.asarray(rng.normal(size=(3, 4)), jnp.float32).at[0, 0].set(0.0)
+    mask = jnp.asarray(rng.uniform(size=(3, 4, 6)) < 0.8, jnp.float32)
+    lo, hi = 0.2, 0.28
+    # the clipped set written out as the paper states it (float64 NumPy), against each reduction
+    r, a, m = np.asarray(ratio, np.float64), np.asarray(adv, np.float64)[..., None], np.asarray(mask) > 0
+    above = m & (a > 0) & (r > 1 + np.float32(hi))
+    below = m & (a < 0) & (r < 1 - np.float32(lo))
+    e = optim.clip_excess(ratio, adv[..., None], mask, eps_low=lo, eps_high=hi)
+    np.testing.assert_array_equal(np.asarray(e.high > 0), above)
+    np.testing.assert_array_equal(np.asarray(e.low > 0), below)
+    w = optim.clipped_weights(ratio, adv[..., None], mask, eps_low=lo, eps_high=hi)
+    np.testing.assert_array_equal(np.asarray(w), np.where(above, 1.0, np.where(below, -1.0, 0.0)))
+    v = optim.violation(ratio, adv[..., None], mask, eps_low=lo, eps_high=hi)
+    expected = np.sum(np.where(above, r - (1 + hi), 0.0) + np.where(below, (1 - lo) - r, 0.0))
+    assert float(v) == pytest.approx(expected, rel=1e-5)
+    esc = escape(ratio, adv, mask, eps_low=lo, eps_high=hi)
+    n = m.sum()
+    assert float(esc.frac_high) == pytest.approx(above.sum() / n) and float(esc.frac_low) == pytest.approx(
+        below.sum() / n
+    )
+    assert float(esc.frac) == pytest.approx((above.sum() + below.sum()) / n)
+    assert float(esc.max_excess_high) == pytest.approx(np.max(np.where(above, r - (1 + hi), 0.0)), rel=1e-6)
+    assert float(esc.max_excess_low) == pytest.approx(np.max(np.where(below, (1 - lo) - r, 0.0)), rel=1e-6)
 
 
 def test_bad_hyperparameters_are_named():
     with pytest.raises(ValueError, match="reset must be one of"):
         optim.scale_by_adam_with_reset(reset="moments")
-    with pytest.raises(ValueError, match="b1 must be in"):
+    with pytest.raises(ValueError, match=r"b1 must be a number in \[0, 1\)"):
         optim.scale_by_gated_adam(b1=1.0)
     with pytest.raises(ValueError, match="max_backtracks"):
         optim.trust_region_guard(max_backtracks=-1)
@@ -417,7 +503,7 @@ def test_projection_is_exactly_adam_when_nothing_is_clipped():
 @pytest.mark.parametrize("mode,drop", [("parameter", "restart"), ("parameter", "zero"), ("global", "restart")])
 def test_strong_gate_against_textbook(mode, drop):
     lr, steps = 0.08, 14
-    opt = optim.clip_gated_adam(lin_ratio_fn, learning_rate=lr, b1=0.9, b2=0.95, eps=1e-8, mode=mode, drop=drop)
+    opt = optim.clip_gated_adam(lr, ratio_fn=lin_ratio_fn, b1=0.9, b2=0.95, eps=1e-8, mode=mode, drop=drop)
     p = jnp.zeros(N_PAR)
     s = opt.init(p)
     update = jax.jit(opt.update)
@@ -490,7 +576,7 @@ def test_new_transforms_validate():
         optim.scale_by_clip_gated_adam(mode="token")
     with pytest.raises(ValueError, match="drop must be one of"):
         optim.scale_by_clip_gated_adam(drop="halve")
-    with pytest.raises(ValueError, match="b2 must be in"):
+    with pytest.raises(ValueError, match=r"b2 must be a number in \[0, 1\)"):
         optim.scale_by_clip_gated_adam(b2=1.0)
     proj = optim.project_clipped()
     with pytest.raises(ValueError, match="needs ratio_fn"):

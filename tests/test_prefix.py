@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,7 +105,7 @@ def _all_shared_w(spec, logprob_fn, params, rewards):
     batch = make_batch(logprob_fn, params, rewards)
     # first inner step: logp_old = current logp, ratio 1.
     logp = logprob_fn(params, jnp.asarray(TOKENS))
-    batch = dataclasses.replace(batch, logp_old=np.asarray(logp))
+    batch = batch.replace(logp_old=np.asarray(logp))
     dec = prefix.decompose(spec, logprob_fn, params, batch)
     return np.asarray(dec.w_agg)[0, 0, 0], dec  # group 0, token 0: shared by all four
 
@@ -131,7 +131,7 @@ def test_prefix_debias_zeroes_fully_shared_prefix_for_every_preset(model, name):
     spec = methods.get(name, prefix_debias=True, beta=0.0)
     batch = make_batch(logprob_fn, params, rewards)
     logp = np.asarray(logprob_fn(params, jnp.asarray(TOKENS)))
-    batch = dataclasses.replace(batch, logp_old=logp, entropy=np.full_like(logp, 0.5))  # < ln 2: GTPO keeps all
+    batch = batch.replace(logp_old=logp, entropy=np.full_like(logp, 0.5))  # < ln 2: GTPO keeps all
     coef = np.asarray(prefix.coefficients(spec, logp, batch))
     w = np.asarray(prefix.w_agg(jnp.asarray(coef), prefix.prefix_tree(TOKENS, MASK)))
     scale = np.abs(coef).max()
@@ -178,7 +178,7 @@ def test_decompose_needs_tokens(model):
     logprob_fn, params = model
     batch = make_batch(logprob_fn, params, [[1.0, 0.0, 0.5, 0.0], [0.0, 1.0, 1.0, 0.25]])
     with pytest.raises(ValueError, match="needs batch.tokens"):
-        prefix.decompose(methods.get("grpo"), logprob_fn, params, dataclasses.replace(batch, tokens=None))
+        prefix.decompose(methods.get("grpo"), logprob_fn, params, batch.replace(tokens=None))
 
 
 # ----------------------------------------------------------------------------- effects: directional derivatives
@@ -219,7 +219,7 @@ def test_effects_equal_decomposition_dotted_with_directions():
     # per group: the effect of that group's own objective J_b. The same group next to two groups of equal
     # rewards (zero advantage, zero gradient) has the same per-group effect: J_b's, whatever the batch around it.
     alone = jax.tree.map(lambda x: jnp.concatenate([x[1:2], x[1:2], x[1:2]]), batch)
-    alone = dataclasses.replace(alone, rewards=alone.rewards.at[1:].set(1.0))
+    alone = alone.replace(rewards=alone.rewards.at[1:].set(1.0))
     e1 = effects(spec, P.tree_logprob, params, alone, dirs, subsets=subsets)
     np.testing.assert_allclose(np.asarray(eff.total[:, 1]), np.asarray(e1.total[:, 0]), rtol=1e-4, atol=1e-7)
     assert np.all(np.asarray(e1.total[:, 1:]) == 0.0)
@@ -368,3 +368,24 @@ def test_samplers_match_exact_distributions():
     toks, mask = np.asarray(s.tokens), np.asarray(s.mask)
     ended = (toks == 0) & (mask > 0)  # the EOS is in the completion, padding (mask 0) only after it
     assert np.all(np.cumsum(ended, -1)[mask == 0] >= 1)
+
+
+def test_documented_jit_pattern_compiles_once():
+    # decompose takes a spec and a function: close over both, pass params, batch and prompt as arrays
+    params = {"logits": jnp.asarray(np.random.default_rng(3).normal(size=(7, 13, 12)), jnp.float32)}
+    spec = methods.get("grpo", beta=0.0)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def run(params, batch, prompt):
+        dec = prefix.decompose(spec, lambda p, tokens: P.tabular_logprob(p, tokens, prompt), params, batch)
+        gap = jax.tree.map(lambda t, s, d: t - s - d, dec.total, dec.shared, dec.divergent)
+        return prefix.tree_norm(gap), prefix.tree_norm(dec.shared), prefix.tree_norm(dec.total)
+
+    logp = np.asarray(P.tabular_logprob(params, TOKENS))
+    for seed in (0, 1):  # other values, the same shapes: one trace (chex.assert_max_traces would raise)
+        rewards = np.random.default_rng(seed).integers(0, 2, size=(2, 4)).astype(np.float32)
+        rewards[:, 0], rewards[:, 1] = 1.0, 0.0
+        batch = jgrpo.GroupBatch(mask=MASK, logp_old=logp * MASK, rewards=rewards, tokens=TOKENS)
+        gap, shared, total = run(params, batch, jnp.asarray(PROMPT))
+        assert float(gap) <= 1e-5 * float(total) and float(shared) > 0

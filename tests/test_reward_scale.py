@@ -423,13 +423,19 @@ def test_bf16_parameters_keep_powers_of_two_exact(data):
 # ----------------------------------------------------------------------------- the loss and bad input
 
 
-@pytest.mark.parametrize("name", ["grpo_v32", "gtpo"])
-def test_scaled_loss_traced_beta_matches_jgrpo_loss(name):
+@pytest.mark.parametrize(
+    "name,overrides",
+    [
+        ("grpo_v32", {}),
+        ("gtpo", {"entropy_threshold": None}),  # no entropy filter: every prompt keeps a regularizer term
+        ("grpo", {"flavor": "trl", "entropy_coef": 0.05}),  # TRL's entropy bonus is part of J (it was dropped)
+    ],
+)
+def test_scaled_loss_traced_beta_matches_jgrpo_loss(name, overrides):
     from tests.conftest import make_batch
 
     batch, logp = make_batch(seed=2, b=2, g=4, t=6)
-    # gtpo: no entropy filter, so that every prompt keeps a regularizer term (asserted > 0 below).
-    spec = jgrpo.methods.get(name, **({"entropy_threshold": None} if name == "gtpo" else {}))
+    spec = jgrpo.methods.get(name, **overrides)
     beta = spec.beta if spec.beta > 0 else 0.1
     spec = spec.replace(beta=beta)
     zero = spec.replace(beta=0.0)  # a traced beta ignores spec.beta: one MethodSpec serves every beta
