@@ -13,7 +13,7 @@ import numpy as np
 from experiments import stats
 from experiments.common import Claim, decided, verdict
 from experiments.shared.progress import Matched, matched
-from experiments.shared.seeds import finite_ci, lies_above
+from experiments.shared.seeds import lies_above
 from experiments.shared.sweep import BASELINE, BY_NAME, NO_MOMENTUM, PolicyConfig
 
 MOMENTUM_MARGIN = 0.2  # a null verdict needs the CI to exclude an effect of 20% of the larger mean escape
@@ -30,9 +30,11 @@ POOLED_NOTE = (
 
 
 def _ci(values) -> stats.Interval | None:
-    """The interval over the finite values (``finite_ci``); None when none is finite."""
-    ci = finite_ci(values)
-    return ci if ci.n else None
+    """:func:`experiments.stats.mean_ci` over the finite values (one value: (−inf, inf) around it); None when none
+    is finite."""
+    v = np.asarray(values, np.float64).reshape(-1)
+    v = v[np.isfinite(v)]
+    return stats.mean_ci(v) if v.size else None
 
 
 def _nan_ci() -> tuple[float, float]:

@@ -19,23 +19,21 @@ __all__ = ["band", "finite_ci", "fmt_ci", "lies_above", "paired_finite_ci", "plo
 
 
 def finite_ci(values: Sequence[float] | np.ndarray) -> Interval:
-    """:func:`mean_ci` over the finite values; (−inf, inf) around NaN when none is finite.
-
-    With one finite value the interval is (−inf, inf) around it (one seed decides nothing).
-    """
+    """:func:`mean_ci` over the finite values; with fewer than 2 of them no interval: (−inf, inf) around NaN."""
     v = np.asarray(values, np.float64).reshape(-1)
     v = v[np.isfinite(v)]
-    return mean_ci(v) if v.size else Interval(-math.inf, math.inf, math.nan, 0)
+    return mean_ci(v) if v.size >= 2 else Interval(-math.inf, math.inf, math.nan, v.size)
 
 
 def paired_finite_ci(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> Interval:
-    """:func:`paired_diff_ci` of mean(a − b) over the seeds where both values are finite."""
+    """:func:`paired_diff_ci` of mean(a − b) over the seeds where both values are finite (fewer than 2: as
+    :func:`finite_ci`)."""
     xa, xb = np.asarray(a, np.float64).reshape(-1), np.asarray(b, np.float64).reshape(-1)
     if xa.shape != xb.shape:
         raise ValueError(f"a and b must pair up, got {xa.shape} and {xb.shape}")
     keep = np.isfinite(xa) & np.isfinite(xb)
-    if not keep.any():
-        return Interval(-math.inf, math.inf, math.nan, 0)
+    if keep.sum() < 2:
+        return Interval(-math.inf, math.inf, math.nan, int(keep.sum()))
     return paired_diff_ci(xa[keep], xb[keep])
 
 
