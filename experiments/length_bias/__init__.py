@@ -85,4 +85,4 @@ def run(ctx: Context) -> Outcome:
 
 def _run(ctx: Context, cfg: Config) -> Outcome:
     m = measure.measure(cfg, ctx.seed, ctx.progress)
-    return report.write(ctx, cfg, m, claims.claims_of(m.drift0, m.matched), ctx.progress)
+    return report.write(ctx, cfg, m, claims.claims_of(m.drift0, m.matched))

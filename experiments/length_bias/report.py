@@ -14,7 +14,7 @@ from experiments.shared.progress import values_at_levels
 from experiments.shared.seeds import finite_ci, plot_band
 
 
-def _described(cfg: Config, m: Measurement) -> list[tuple]:
+def _described(m: Measurement) -> list[tuple]:
     """Matched-progress differences method − dr_grpo of every method (descriptive rows, not claims)."""
     rows = []
     for opt, label in OPTIMIZERS:
@@ -27,14 +27,14 @@ def _described(cfg: Config, m: Measurement) -> list[tuple]:
     return rows
 
 
-def write(ctx: Context, cfg: Config, m: Measurement, claims: list, progress=lambda f, msg: None):
+def write(ctx: Context, cfg: Config, m: Measurement, claims: list):
     """Writes the figure, table.md and result.json; returns the Outcome."""
     series, drifts, gains, t_train, t_drift = m.series, m.drifts, m.gains, m.t_train, m.t_drift
     methods = cfg.methods
     n_m, o = len(methods), len(OPTIMIZERS)
-    progress(0.95, "figure")
+    ctx.progress(0.95, "figure")
     _figure(ctx, cfg, series, drifts)
-    described = _described(cfg, m)
+    described = _described(m)
     rows = []
     last = max(1, cfg.outer_steps // 10)
     for j, name in enumerate(methods):
