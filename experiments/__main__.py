@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -145,13 +147,18 @@ def main(argv: list[str] | None = None) -> int:
             def report(frac: float, msg: str, task=task) -> None:
                 progress.update(task, completed=min(max(frac, 0.0), 1.0), msg=msg)
 
+            _recover(out, name)
             ctx = Context(scale=args.scale, out=out / name, seed=args.seed, progress=report)
             if args.resume and _complete(ctx):
                 report(1.0, "done earlier (--resume)")
                 continue
             t0 = time.perf_counter()
             try:
-                outcomes.append(_resolve(name)(ctx))
+                # the experiment writes into a staging folder that replaces <out>/<name> once it is complete:
+                # a run killed at any point leaves the previous complete result (or none), never a mix
+                staging = _staging(out, name)
+                outcomes.append(_resolve(name)(dataclasses.replace(ctx, out=staging)))
+                _commit(staging, ctx.out)
                 report(1.0, "done")
             except Exception as e:  # keep going: one failure must not lose the other results
                 failures.append((name, e))
@@ -177,7 +184,7 @@ def _check_out(out: Path) -> str | None:
 
 
 def _complete(ctx) -> bool:
-    """True when ``ctx.out`` holds a complete result of the same scale and seed."""
+    """True when ``ctx.out`` holds a complete result of the same scale and seed (result.json, table.md, figure)."""
     import json
 
     path = ctx.out / "result.json"
@@ -185,7 +192,45 @@ def _complete(ctx) -> bool:
         res = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    return res.get("scale") == ctx.scale and res.get("seed") == ctx.seed and (ctx.out / "table.md").exists()
+    figure = res.get("figure")
+    return (
+        res.get("scale") == ctx.scale
+        and res.get("seed") == ctx.seed
+        and (ctx.out / "table.md").exists()
+        and (not figure or (ctx.out / figure).exists())
+    )
+
+
+def _staging(out: Path, name: str) -> Path:
+    """An empty ``<out>/.<name>.partial/`` for a run of ``name`` (a killed run's leftovers are removed)."""
+    staging = out / f".{name}.partial"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _commit(staging: Path, final: Path) -> None:
+    """Replaces ``final`` by the complete ``staging`` folder: two renames, the old result removed after."""
+    old = final.parent / f".{final.name}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staging, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _recover(out: Path, name: str) -> None:
+    """Finishes a :func:`_commit` killed between its renames: the staged result if complete, else the old one."""
+    final, staging, old = out / name, out / f".{name}.partial", out / f".{name}.old"
+    if final.exists():
+        return
+    if (staging / "result.json").exists():  # experiments.common.finish writes result.json last
+        os.replace(staging, final)
+    elif old.exists():
+        os.replace(old, final)
 
 
 def _summary(outcomes, timings, failures) -> None:

@@ -115,6 +115,11 @@ def verdict(ok: bool | None) -> str:
     return "inconclusive" if ok is None else ("reproduced" if ok else "not reproduced")
 
 
+def decided(ok: bool | None, seeds: int) -> str:
+    """The verdict of an experiment's decision rule: fewer than ``MIN_SEEDS`` seeds (or units) decide nothing."""
+    return verdict(ok if seeds >= MIN_SEEDS else None)
+
+
 @dataclasses.dataclass
 class Outcome:
     """What an experiment reports back: its claims for the summary table."""
@@ -215,29 +220,30 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _as_claim(c) -> Claim:
-    if isinstance(c, Claim):
-        return c
-    if isinstance(c, tuple) and len(c) == 3:  # LEGACY (claim, measured, ok): removed once every experiment is ported
-        claim, measured, ok = c
-        return Claim(
-            claim=claim,
-            kind="verification",
-            criterion="(legacy claim: criterion in the claim text)",
-            falsified_if="(legacy claim)",
-            measured=str(measured),
-            verdict=verdict(ok),
-        )
-    raise TypeError(f"claims must be experiments.common.Claim objects, got {type(c).__name__}: {c!r}")
-
-
 def finish(ctx: Context, name: str, title: str, result: dict, table: str, claims, figure: str | None, notes: str = ""):
-    """Writes result.json and table.md for an experiment and returns its :class:`Outcome`.
+    """Writes table.md and then result.json for an experiment and returns its :class:`Outcome`.
 
     ``result.json`` gets ``claims``: one object per :class:`Claim` (claim, kind, criterion,
-    falsified_if, measured, ci, seeds, verdict, proposition).
+    falsified_if, measured, ci, seeds, verdict, proposition). It is written last, each file
+    atomically: an experiment folder whose result.json is there has its table.md (and the
+    figure, which the experiment saves before calling this) from the same run.
+
+    Raises:
+      TypeError: a claim is not a :class:`Claim`.
     """
-    claims = [_as_claim(c) for c in claims]
+    claims = list(claims)
+    for c in claims:
+        if not isinstance(c, Claim):
+            raise TypeError(f"claims must be experiments.common.Claim objects, got {type(c).__name__}: {c!r}")
+    lines = [f"## {title}", ""]
+    if figure:
+        lines += [f"![{name}]({figure})", ""]
+    lines += [table, ""]
+    if claims:
+        lines += [claims_table(claims), ""]
+    if notes:
+        lines += [notes.strip(), ""]
+    write_text(ctx.out / "table.md", "\n".join(lines))
     write_json(
         ctx.out / "result.json",
         {
@@ -250,15 +256,6 @@ def finish(ctx: Context, name: str, title: str, result: dict, table: str, claims
             "claims": [c.to_json() for c in claims],
         },
     )
-    lines = [f"## {title}", ""]
-    if figure:
-        lines += [f"![{name}]({figure})", ""]
-    lines += [table, ""]
-    if claims:
-        lines += [claims_table(claims), ""]
-    if notes:
-        lines += [notes.strip(), ""]
-    write_text(ctx.out / "table.md", "\n".join(lines))
     return Outcome(name=name, claims=claims, figure=figure, table=table)
 
 

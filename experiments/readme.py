@@ -12,10 +12,9 @@ figures. Nothing in it is typed by hand. ``make readme`` copies a fresh
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
-from experiments.common import claims_table, write_text
+from experiments.common import atomic_write_bytes, claims_table, write_text
 from experiments.report import _merge_tables, load_results
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -103,16 +102,19 @@ def replace_section(readme: Path, begin: str, end: str, body: str) -> bool:
 
 
 def copy_results(src: Path, dst: Path) -> None:
-    """Copies the result files (result.json, table.md, figures, report.md, run.json) of ``src`` into ``dst``."""
+    """Copies the result files (result.json, table.md, figures, report.md, run.json) of ``src`` into ``dst``.
+
+    Each file is written atomically; hidden folders (runs in progress) are skipped.
+    """
     src, dst = Path(src), Path(dst)
     if not (src / "report.md").exists():
         raise ValueError(f"{src} has no report.md: run `make demo` (or python -m experiments run all) first")
     for name in ("report.md", "run.json"):
         if (src / name).exists():
-            dst.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src / name, dst / name)
-    for exp in sorted(p for p in src.iterdir() if p.is_dir() and (p / "result.json").exists()):
+            atomic_write_bytes(dst / name, (src / name).read_bytes())
+    for exp in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not (exp / "result.json").exists():
+            continue
         for pattern in _COPY:
             for f in exp.glob(pattern):
-                (dst / exp.name).mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(f, dst / exp.name / f.name)
+                atomic_write_bytes(dst / exp.name / f.name, f.read_bytes())

@@ -16,11 +16,14 @@ from experiments.common import claims_table, markdown_table, write_text
 
 
 def load_results(out: Path) -> list[dict]:
-    """Every ``<out>/*/result.json``, in the registry's order (unknown names last, sorted)."""
+    """Every ``<out>/*/result.json``, in the registry's order (unknown names last, sorted).
+
+    Hidden folders (a run in progress or killed: ``.<name>.partial``, ``.<name>.old``) are not results.
+    """
     from experiments import REGISTRY
 
     out = Path(out)
-    found = {p.parent.name: p for p in sorted(out.glob("*/result.json"))}
+    found = {p.parent.name: p for p in sorted(out.glob("*/result.json")) if not p.parent.name.startswith(".")}
     order = [n for n in REGISTRY if n in found] + sorted(n for n in found if n not in REGISTRY)
     results = []
     for name in order:

@@ -104,3 +104,18 @@ def test_report_and_readme_collect_every_experiment(tmp_path):
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="section"):
         rd.update_readme(readme, docs)
+
+
+def test_finish_takes_claim_objects_only_and_writes_result_json_last(tmp_path, monkeypatch):
+    ctx = Context(scale="quick", out=tmp_path / "x")
+    with pytest.raises(TypeError, match="Claim objects"):
+        finish(ctx, "x", "t", {}, "| a |\n|---|\n| 1 |\n", [("old-style", "0.1", True)], None)
+    assert not ctx.out.exists()  # nothing written for a bad claim
+
+    def fail(path, text):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("experiments.common.write_text", fail)
+    with pytest.raises(OSError, match="disk full"):
+        finish(ctx, "x", "t", {}, "| a |\n|---|\n| 1 |\n", [_claim()], None)
+    assert not (ctx.out / "result.json").exists()  # result.json marks a complete folder: it comes last

@@ -18,6 +18,11 @@ import pytest
 import jgrpo
 from experiments import loss_proxy as lp
 from experiments.common import Context
+from experiments.loss_proxy import claims as lp_claims
+from experiments.loss_proxy import config as lp_config
+from experiments.loss_proxy import reference as lp_reference
+from experiments.loss_proxy import summary as lp_summary
+from experiments.loss_proxy import task as lp_task
 from experiments.stats import Interval
 from jgrpo.policies import tabular_init
 from tests.test_proxy import _np_tabular
@@ -29,12 +34,12 @@ def test_exact_reward_matches_enumeration_and_sampling():
     """The experiment's exact E[r] (analysis.tabular, its TARGET/EOS) against a float64 NumPy enumeration of
     all V^T sequences, and the experiment's reward function on 4000 NumPy-sampled completions."""
     params = tabular_init(jax.random.key(3), vocab=6, max_len=5, scale=1.0)
-    exact = float(lp.exact_reward(params, length=5))
+    exact = float(lp_task.exact_reward(params, length=5))
     tokens, mask, enum = _np_tabular(
-        np.asarray(params["logits"], np.float64), 4000, np.random.default_rng(0), lp.EOS, lp.TARGET
+        np.asarray(params["logits"], np.float64), 4000, np.random.default_rng(0), lp_config.EOS, lp_config.TARGET
     )
     np.testing.assert_allclose(exact, enum, rtol=1e-5)
-    mc = float(np.mean(lp._reward(tokens, mask)))
+    mc = float(np.mean(lp_task.reward(tokens, mask)))
     assert 0.1 < exact < 0.9
     assert abs(exact - mc) < 4 * np.sqrt(exact * (1 - exact) / 4000), (exact, mc)
 
@@ -45,7 +50,7 @@ def _np_case(name, rewards, lengths, reading="once", spec=None, logp_old=None):
     mask = (np.arange(t) < np.asarray(lengths)[:, None]).astype(np.float64)[None]
     logp_old = np.full(mask.shape, -1.0) if logp_old is None else logp_old
     spec = spec or jgrpo.methods.get(name)
-    return lp.np_first_step(name, spec, rewards, mask, logp_old, logp_old, reading=reading)
+    return lp_reference.np_first_step(name, spec, rewards, mask, logp_old, logp_old, reading=reading)
 
 
 def test_closed_forms_by_hand():
@@ -84,9 +89,11 @@ def test_kl_closed_form_by_hand():
     logp_old = np.array([[[-1.0, -1.0], [-1.0, -1.0]]])
     logp_ref = logp_old + np.array([[[0.5, 0.0], [-0.5, 9.0]]])  # 9.0 sits on padding
     k3 = lambda x: math.exp(x) - x - 1  # noqa: E731
-    _, _, reg, _ = lp.np_first_step("grpo", spec, [[1.0, 0.0]], mask, logp_old, logp_ref)
+    _, _, reg, _ = lp_reference.np_first_step("grpo", spec, [[1.0, 0.0]], mask, logp_old, logp_ref)
     np.testing.assert_allclose(reg, [k3(0.5) / 4 + k3(-0.5) / 2])
-    _, _, reg, _ = lp.np_first_step("dr_grpo", jgrpo.methods.get("dr_grpo"), [[1.0, 0.0]], mask, logp_old, logp_ref)
+    _, _, reg, _ = lp_reference.np_first_step(
+        "dr_grpo", jgrpo.methods.get("dr_grpo"), [[1.0, 0.0]], mask, logp_old, logp_ref
+    )
     np.testing.assert_allclose(reg, [(k3(0.5) + k3(-0.5)) / 2])
 
 
@@ -94,13 +101,13 @@ def test_kl_closed_form_by_hand():
 
 
 def test_mean_corr_ci_and_constant():
-    ci = lp.mean_corr_ci([0.5] * 6)
+    ci = lp_summary.mean_corr_ci([0.5] * 6)
     assert ci.center == pytest.approx(0.5) and ci.lo == pytest.approx(0.5) and ci.n == 6
-    ci = lp.mean_corr_ci([0.1, 0.3, 0.2, 0.4, 0.0])
+    ci = lp_summary.mean_corr_ci([0.1, 0.3, 0.2, 0.4, 0.0])
     assert ci.center == pytest.approx(np.tanh(np.mean(np.arctanh([0.1, 0.3, 0.2, 0.4, 0.0]))))
     assert ci.lo < ci.center < ci.hi
-    assert lp.constant(np.full(10, -0.02)) and lp.constant(np.zeros(5))
-    assert not lp.constant(np.array([0.0, 1e-4]))
+    assert lp_reference.constant(np.full(10, -0.02)) and lp_reference.constant(np.zeros(5))
+    assert not lp_reference.constant(np.array([0.0, 1e-4]))
 
 
 def _iv(lo, hi):
@@ -119,11 +126,11 @@ def _iv(lo, hi):
     ],
 )
 def test_null_decision(ci, control, expected):
-    assert lp.null_decision(_iv(*ci), _iv(*control)) is expected
+    assert lp_claims.null_decision(_iv(*ci), _iv(*control)) is expected
 
 
 def test_null_decision_undefined():
-    assert lp.null_decision(None, _iv(0.9, 0.95)) is None
+    assert lp_claims.null_decision(None, _iv(0.9, 0.95)) is None
 
 
 @pytest.mark.parametrize(
@@ -138,7 +145,7 @@ def test_null_decision_undefined():
     ],
 )
 def test_snis_decision(corr, slope, bias, expected):
-    assert lp.snis_decision(_iv(*corr), _iv(*slope), _iv(*bias)) is expected
+    assert lp_claims.snis_decision(_iv(*corr), _iv(*slope), _iv(*bias)) is expected
 
 
 def _synthetic(units=6, k=400, seed=0):
@@ -168,7 +175,7 @@ def _synthetic(units=6, k=400, seed=0):
 
 def test_summarise_measures_the_right_things():
     rec = _synthetic()
-    s = lp.summarise(rec, ("a", "b", "c"))
+    s = lp_summary.summarise(rec, ("a", "b", "c"))
     assert s["a"]["ci"]["gain"].lo > 0.99  # the gain, not J_after
     assert abs(s["a"]["ci"]["j_first"].center) < 0.1
     assert s["a"]["ci"]["j_after"].center < 0.5
@@ -182,8 +189,8 @@ def test_summarise_measures_the_right_things():
 
 
 def test_claims_from_synthetic_numbers():
-    s = lp.summarise(_synthetic(), ("a", "b", "c"))
-    claims = {c.claim.split(":")[0]: c for c in lp.claims_bc(s, units=6)}
+    s = lp_summary.summarise(_synthetic(), ("a", "b", "c"))
+    claims = {c.claim.split(":")[0]: c for c in lp_claims.claims_bc(s, units=6)}
     assert claims["Scenario A, a"].verdict == "reproduced"
     assert claims["Scenario A, b"].verdict == "not reproduced"
     assert claims["Scenario A, c"].kind == "verification" and claims["Scenario A, c"].verdict == "reproduced"
@@ -197,14 +204,16 @@ def test_claims_from_synthetic_numbers():
         if c.kind == "experiment":
             assert c.seeds == 6 and c.ci is not None
     # fewer units than MIN_SEEDS: nothing decisive
-    few = lp.summarise({k: v[:3] for k, v in _synthetic().items()}, ("a", "b", "c"))
-    assert all(c.verdict == "inconclusive" for c in lp.claims_bc(few, units=3) if c.kind == "experiment")
+    few = lp_summary.summarise({k: v[:3] for k, v in _synthetic().items()}, ("a", "b", "c"))
+    assert all(c.verdict == "inconclusive" for c in lp_claims.claims_bc(few, units=3) if c.kind == "experiment")
 
 
 def test_power_failure_makes_nulls_inconclusive():
     rec = _synthetic()
     rec["first_order"] = np.random.default_rng(1).normal(size=rec["delta_e"].shape)  # a control with no signal
-    claims = {c.claim.split(":")[0]: c for c in lp.claims_bc(lp.summarise(rec, ("a", "b", "c")), units=6)}
+    claims = {
+        c.claim.split(":")[0]: c for c in lp_claims.claims_bc(lp_summary.summarise(rec, ("a", "b", "c")), units=6)
+    }
     assert claims["Scenario A, a"].verdict == "inconclusive"
     assert claims["Scenario B, c"].verdict == "inconclusive"
     assert claims["Scenario A, b"].verdict == "not reproduced"  # a signal is a signal, power or not
@@ -229,11 +238,11 @@ def test_claims_a_fail_on_a_wrong_identity():
         "cppo_pruning_groups": 1,
         "mixed_groups": 3,
     }
-    ok = lp.claims_a({"dr_grpo": rec, "cppo": dict(rec, case="Eq. 11: ...")}, info)
+    ok = lp_claims.claims_a({"dr_grpo": rec, "cppo": dict(rec, case="Eq. 11: ...")}, info)
     assert all(c.verdict == "reproduced" and c.kind == "verification" for c in ok)
-    bad = lp.claims_a({"dr_grpo": dict(rec, closed_ok=False), "cppo": dict(rec, case="Eq. 11: ...")}, info)
+    bad = lp_claims.claims_a({"dr_grpo": dict(rec, closed_ok=False), "cppo": dict(rec, case="Eq. 11: ...")}, info)
     assert [c.verdict for c in bad if c.claim.startswith("Eq. 10")] == ["not reproduced"]
-    zero = lp.claims_a({"cppo": dict(rec, case="Eq. 11: ...")}, dict(info, cppo_single_success_policy=0.0))
+    zero = lp_claims.claims_a({"cppo": dict(rec, case="Eq. 11: ...")}, dict(info, cppo_single_success_policy=0.0))
     assert [c.verdict for c in zero if c.claim.startswith("cppo")] == ["not reproduced"]
 
 
@@ -247,7 +256,7 @@ def test_loss_proxy_end_to_end(tmp_path):
     for name in ("result.json", "table.md", "loss_proxy.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     result = json.loads((tmp_path / "result.json").read_text())
-    assert set(result["first_step"]) == set(cfg.presets) | ({"gcpo_once"} if lp._has_gcpo_field() else set())
+    assert set(result["first_step"]) == set(cfg.presets) | ({"gcpo_once"} if lp_task.has_gcpo_field() else set())
     assert result["first_step"]["cppo"]["policy"][-1] == pytest.approx(math.sqrt(15) / 16, abs=1e-6)
     kinds = {c.kind for c in outcome.claims}
     assert kinds == {"verification", "experiment"}
@@ -281,11 +290,11 @@ def test_config_validates():
 def test_gcpo_readings():
     """gcpo is Table 1 read literally when jgrpo has the 'sequence_terms' option, once per completion otherwise."""
     cfg = lp.Config(methods=("gcpo", "gcpo_once"))
-    if lp._has_gcpo_field():
-        assert lp._gcpo_reading(jgrpo.methods.get("gcpo")) == "literal"
-        assert lp._gcpo_reading(lp._spec("gcpo_once")) == "once"
-        assert lp._methods(cfg) == ("gcpo", "gcpo_once")
+    if lp_task.has_gcpo_field():
+        assert lp_task.gcpo_reading(jgrpo.methods.get("gcpo")) == "literal"
+        assert lp_task.gcpo_reading(lp_task.spec_of("gcpo_once")) == "once"
+        assert lp_task.methods_of(cfg) == ("gcpo", "gcpo_once")
     else:
-        assert lp._gcpo_reading(jgrpo.methods.get("gcpo")) == "once"
-        assert lp._methods(cfg) == ("gcpo",)  # the two would be the same preset
-    assert lp._methods(lp.Config(methods=("gcpo_once",))) == ("gcpo_once",)
+        assert lp_task.gcpo_reading(jgrpo.methods.get("gcpo")) == "once"
+        assert lp_task.methods_of(cfg) == ("gcpo",)  # the two would be the same preset
+    assert lp_task.methods_of(lp.Config(methods=("gcpo_once",))) == ("gcpo_once",)

@@ -15,9 +15,12 @@ import pytest
 from experiments import clipping as cl
 from experiments import overshoot as ex
 from experiments import stats
+from experiments.clipping import claims as cl_claims
 from experiments.common import Context
+from experiments.overshoot import claims as ov_claims
+from experiments.shared import progress, sweep
 
-SPEC, SPEC_NOCLIP = ex.spec_pair()
+SPEC, SPEC_NOCLIP = sweep.spec_pair()
 
 
 def _grads(params, t):
@@ -32,7 +35,7 @@ NEW_BATCH = np.array([False, False, False, True, False])  # a new batch at step 
 @jax.jit
 def _switched(group):
     """STEPS updates of the experiment's switched optimizer (one compile: the switches are traced)."""
-    init, step = ex.make_optimizer(group, LR, beta2=0.95, eps=1e-8, spec=SPEC)
+    init, step = sweep.make_optimizer(group, LR, beta2=0.95, eps=1e-8, spec=SPEC)
     ratio_fn = lambda p: (jnp.ones((2, 3)), jnp.array([[1.0], [-1.0]]), jnp.ones((2, 3)))  # nothing clipped
 
     def body(carry, xs):
@@ -74,7 +77,7 @@ ADAM = optax.adam(LR, b1=0.9, b2=0.95, eps=1e-8)
     ],
 )
 def test_switched_optimizer_is_the_optax_optimizer_and_its_split_sums_to_it(name, ref, reset_at):
-    us, totals, stale = _switched(ex.group_of(ex.BY_NAME[name], mu=STEPS))
+    us, totals, stale = _switched(sweep.group_of(sweep.BY_NAME[name], mu=STEPS))
     for t, u_ref in enumerate(_reference(ref, reset_at)):
         u, total = jax.tree.map(lambda x, t=t: x[t], us), jax.tree.map(lambda x, t=t: x[t], totals)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8), u, u_ref)
@@ -104,8 +107,8 @@ def test_tabular_kl_against_enumeration():
     rng = np.random.default_rng(0)
     lo = jnp.asarray(rng.normal(size=(3, 4, 3)), jnp.float32)
     ln = lo + jnp.asarray(0.4 * rng.normal(size=(3, 4, 3)), jnp.float32)
-    assert float(ex._tabular_kl(lo, ln, 3)) == pytest.approx(_enumerate_kl(lo, ln, 3), rel=1e-4)
-    assert float(ex._tabular_kl(lo, lo, 3)) == pytest.approx(0.0, abs=1e-7)
+    assert float(sweep.tabular_kl(lo, ln, 3)) == pytest.approx(_enumerate_kl(lo, ln, 3), rel=1e-4)
+    assert float(sweep.tabular_kl(lo, lo, 3)) == pytest.approx(0.0, abs=1e-7)
 
 
 # ---------------------------------------------------------------------------- matched progress
@@ -114,20 +117,20 @@ def test_tabular_kl_against_enumeration():
 def test_at_level_first_crossing():
     x = np.array([0.0, 1.0, 2.0, 1.5, 3.0])
     y = np.array([10.0, 20.0, 40.0, 0.0, 50.0])
-    assert ex.at_level(x, y, 0.5) == pytest.approx(15.0)
-    assert ex.at_level(x, y, 1.75) == pytest.approx(35.0)  # the first crossing, not the later one
-    assert math.isnan(ex.at_level(x, y, 3.5))
-    assert math.isnan(ex.at_level(x + 1.0, y, 0.5))  # the curve starts above the level
-    assert ex.at_level(x, y, 0.0) == 10.0
+    assert progress.at_level(x, y, 0.5) == pytest.approx(15.0)
+    assert progress.at_level(x, y, 1.75) == pytest.approx(35.0)  # the first crossing, not the later one
+    assert math.isnan(progress.at_level(x, y, 3.5))
+    assert math.isnan(progress.at_level(x + 1.0, y, 0.5))  # the curve starts above the level
+    assert progress.at_level(x, y, 0.0) == 10.0
 
 
 def test_common_levels_lie_inside_every_curve():
     a = np.array([[0.1, 0.2], [0.2, 0.3], [0.4, 0.5]])  # [n_lr, S]
     b = np.array([[0.05, 0.15], [0.3, 0.35], [0.35, 0.6]])
-    levels = ex.common_levels([a, b], 3)
+    levels = progress.common_levels([a, b], 3)
     assert levels.size == 3 and levels.min() > 0.15 and levels.max() < 0.35
     np.testing.assert_allclose(np.diff(np.log(levels)), np.log(levels[1] / levels[0]))  # geometric
-    assert ex.common_levels([a, a + 10.0], 3).size == 0  # no shared range
+    assert progress.common_levels([a, a + 10.0], 3).size == 0  # no shared range
 
 
 def _meas(progress, escape):
@@ -142,10 +145,10 @@ def test_matched_difference_is_taken_at_equal_progress_not_equal_lr():
     pa, pb = 0.5 * lr, lr
     ma, mb = _meas(pa, 1.5 * pa * noise), _meas(pb, pb * noise)
     assert np.all(ma["escape_frac"] < mb["escape_frac"])  # equal lr: a escapes less (0.75 lr vs lr)
-    m = ex.matched(ma, mb, "dJ", "escape_frac", 4)
+    m = progress.matched(ma, mb, "dJ", "escape_frac", 4)
     assert m.levels.size == 4 and np.all(m.diff > 0)
     np.testing.assert_allclose(m.reduction, -0.5, atol=0.05)  # equal progress: a escapes 1.5x: reduction -50%
-    assert ex.momentum_claim(m, policy="toy", progress="dJ").verdict == "reproduced"
+    assert ov_claims.momentum_claim(m, policy="toy", progress="dJ").verdict == "reproduced"
 
 
 def test_pooled_progress_must_be_resolved():
@@ -153,12 +156,12 @@ def test_pooled_progress_must_be_resolved():
     rng = np.random.default_rng(1)
     esc = lr * (1 + 0.01 * rng.normal(size=lr.shape))
     clean_a, clean_b = _meas(lr + 1e-4 * rng.normal(size=lr.shape), esc), _meas(lr, 2 * esc)
-    m = ex.matched(clean_a, clean_b, "dE", "escape_frac", 3, pooled=True)
+    m = progress.matched(clean_a, clean_b, "dE", "escape_frac", 3, pooled=True)
     assert m.resolved and m.pooled and np.all(m.diff < 0)
     noisy = _meas(lr + rng.normal(size=lr.shape), esc)  # progress noise 100x the signal at small lr
-    m = ex.matched(noisy, clean_b, "dE", "escape_frac", 3, pooled=True)
+    m = progress.matched(noisy, clean_b, "dE", "escape_frac", 3, pooled=True)
     assert not m.resolved
-    c = ex.target_claim(m, name="projection", policy="toy", progress_name="held-out gain")
+    c = ov_claims.target_claim(m, name="projection", policy="toy", progress_name="held-out gain")
     assert c.verdict == "inconclusive" and "not resolved" in c.measured
 
 
@@ -170,7 +173,7 @@ def _matched(diff, base=0.1, a=None, reduction=None):
     levels = np.array([0.1, 0.2])
     A = np.full((2, diff.size), base if a is None else a)
     red = np.zeros(diff.size) if reduction is None else np.asarray(reduction, np.float64)
-    return ex.Matched(levels=levels, a=A, b=np.full((2, diff.size), base), diff=diff, reduction=red, base=base)
+    return progress.Matched(levels=levels, a=A, b=np.full((2, diff.size), base), diff=diff, reduction=red, base=base)
 
 
 @pytest.mark.parametrize(
@@ -184,13 +187,13 @@ def _matched(diff, base=0.1, a=None, reduction=None):
     ],
 )
 def test_momentum_claim_decision_rule(diff, expected):
-    c = ex.momentum_claim(_matched(diff), policy="toy", progress="kl")
+    c = ov_claims.momentum_claim(_matched(diff), policy="toy", progress="kl")
     assert c.verdict == expected and c.kind == "experiment" and c.seeds == len(diff)
 
 
 def test_momentum_claim_without_common_range_is_inconclusive():
-    m = ex.Matched(np.zeros(0), np.zeros((0, 5)), np.zeros((0, 5)), np.zeros(0), np.zeros(0), float("nan"))
-    assert ex.momentum_claim(m, policy="toy", progress="dJ").verdict == "inconclusive"
+    m = progress.Matched(np.zeros(0), np.zeros((0, 5)), np.zeros((0, 5)), np.zeros(0), np.zeros(0), float("nan"))
+    assert ov_claims.momentum_claim(m, policy="toy", progress="dJ").verdict == "inconclusive"
 
 
 @pytest.mark.parametrize(
@@ -199,7 +202,9 @@ def test_momentum_claim_without_common_range_is_inconclusive():
      ([0.1, 0.9, 0.5, 0.3, 0.8], "inconclusive")],
 )  # fmt: skip
 def test_target_claim_decision_rule(reduction, expected):
-    c = ex.target_claim(_matched(np.zeros(5), reduction=reduction), name="gate", policy="toy", progress_name="ΔE")
+    c = ov_claims.target_claim(
+        _matched(np.zeros(5), reduction=reduction), name="gate", policy="toy", progress_name="ΔE"
+    )
     assert c.verdict == expected
 
 
@@ -210,22 +215,22 @@ def _m9(dz, stale, pairs):
 
 def test_travel_and_stale_share_claims():
     m = _m9([1.0, 1.2, 0.9, 1.1, 1.0], [0.9, 1.1, 0.8, 1.0, 0.95], [10, 12, 9, 11, 10])
-    assert ex.travel_claim(m, policy="toy").verdict == "reproduced"
-    assert ex.stale_share_claim(m, policy="toy").verdict == "reproduced"
+    assert ov_claims.travel_claim(m, policy="toy").verdict == "reproduced"
+    assert ov_claims.stale_share_claim(m, policy="toy").verdict == "reproduced"
     back = _m9([-1.0, -1.2, -0.9, -1.1, -1.0], [0.1, 0.1, 0.1, 0.1, 0.1], [10, 12, 9, 11, 10])
-    assert ex.travel_claim(back, policy="toy").verdict == "not reproduced"
+    assert ov_claims.travel_claim(back, policy="toy").verdict == "not reproduced"
     fresh = _m9([1.0, 1.2, 0.9, 1.1, 1.0], [0.1, 0.2, 0.1, 0.15, 0.1], [10, 12, 9, 11, 10])
-    assert ex.stale_share_claim(fresh, policy="toy").verdict == "not reproduced"
+    assert ov_claims.stale_share_claim(fresh, policy="toy").verdict == "not reproduced"
 
 
 def test_guard_cost_and_own_term_claims():
     ma = {"dE": np.array([[0.02, 0.021, 0.019, 0.02, 0.022]]), "escape_frac": np.ones((1, 5))}
     mg = {"dE": np.array([[0.01, 0.011, 0.009, 0.01, 0.012]]), "escape_frac": np.zeros((1, 5))}
-    assert ex.guard_cost_claim(mg, ma, policy="toy", progress_name="ΔE").verdict == "reproduced"
-    assert ex.guard_cost_claim(ma, mg, policy="toy", progress_name="ΔE").verdict == "not reproduced"
-    assert ex.own_term_claim(0.0, 100).verdict == "reproduced"
-    assert ex.own_term_claim(1e-9, 100).verdict == "not reproduced"
-    assert ex.own_term_claim(0.0, 0).verdict == "inconclusive"
+    assert ov_claims.guard_cost_claim(mg, ma, policy="toy", progress_name="ΔE").verdict == "reproduced"
+    assert ov_claims.guard_cost_claim(ma, mg, policy="toy", progress_name="ΔE").verdict == "not reproduced"
+    assert ov_claims.own_term_claim(0.0, 100).verdict == "reproduced"
+    assert ov_claims.own_term_claim(1e-9, 100).verdict == "not reproduced"
+    assert ov_claims.own_term_claim(0.0, 0).verdict == "inconclusive"
 
 
 def _part_a_numbers(**changes):
@@ -258,14 +263,16 @@ def _part_a_numbers(**changes):
 
 
 def test_closed_form_claims_fail_on_wrong_numbers():
-    good = ex.closed_form_claims(_part_a_numbers())
+    good = ov_claims.closed_form_claims(_part_a_numbers())
     # the paper prints 0.66 for (0.9/sqrt(0.95))^5 = 0.671: not reproduced at its printed precision
     assert [c.verdict for c in good] == ["reproduced", "reproduced", "not reproduced", "reproduced"]
     assert all(c.kind == "verification" for c in good)
-    assert ex.closed_form_claims(_part_a_numbers(max_abs_err=1e-3))[0].verdict == "not reproduced"
-    assert ex.closed_form_claims(_part_a_numbers(limit=0.93))[1].verdict == "not reproduced"
-    assert ex.closed_form_claims(_part_a_numbers(limit_4=0.662))[2].verdict == "reproduced"
-    assert ex.closed_form_claims(_part_a_numbers(eq38={"max_abs_err_exact": 1e-3}))[3].verdict == "not reproduced"
+    assert ov_claims.closed_form_claims(_part_a_numbers(max_abs_err=1e-3))[0].verdict == "not reproduced"
+    assert ov_claims.closed_form_claims(_part_a_numbers(limit=0.93))[1].verdict == "not reproduced"
+    assert ov_claims.closed_form_claims(_part_a_numbers(limit_4=0.662))[2].verdict == "reproduced"
+    assert (
+        ov_claims.closed_form_claims(_part_a_numbers(eq38={"max_abs_err_exact": 1e-3}))[3].verdict == "not reproduced"
+    )
 
 
 def test_clipping_claim_logic():
@@ -275,25 +282,25 @@ def test_clipping_claim_logic():
         v: {mu: {"gain": base.copy(), "acc": np.zeros((3, S, 2)), "clip_active": np.ones((3, S))} for mu in (1, 2, 4)}
         for v in cl.VARIANTS
     }
-    assert cl.noninferiority_claim(grid, "no_clip", (1, 2, 4), 1, paper=True).verdict == "reproduced"
+    assert cl_claims.noninferiority_claim(grid, "no_clip", (1, 2, 4), 1, paper=True).verdict == "reproduced"
     for mu in (2, 4):
         grid["guard"][mu]["gain"] = base - 0.005 + 1e-5 * np.arange(S)  # clearly worse
-    assert cl.noninferiority_claim(grid, "guard", (1, 2, 4), 1, paper=False).verdict == "not reproduced"
+    assert cl_claims.noninferiority_claim(grid, "guard", (1, 2, 4), 1, paper=False).verdict == "not reproduced"
     grid["projection"][4]["gain"] = base + np.array([0.01, -0.01, 0.008, -0.012, 0.009, -0.011])[None, :]
-    assert cl.noninferiority_claim(grid, "projection", (1, 2, 4), 1, paper=False).verdict == "inconclusive"
+    assert cl_claims.noninferiority_claim(grid, "projection", (1, 2, 4), 1, paper=False).verdict == "inconclusive"
     # where the clip never acts, no difference can show: left out; none left: inconclusive
     for mu in (2, 4):
         grid["clip"][mu]["clip_active"] = np.zeros((3, S))
-    c = cl.noninferiority_claim(grid, "guard", (1, 2, 4), 1, paper=False)
+    c = cl_claims.noninferiority_claim(grid, "guard", (1, 2, 4), 1, paper=False)
     assert c.verdict == "inconclusive" and "never acts" in c.measured
-    assert cl.mu1_claim(grid).verdict == "reproduced"
+    assert cl_claims.mu1_claim(grid).verdict == "reproduced"
     grid["no_clip"][1]["acc"] = grid["no_clip"][1]["acc"] + 1e-3
-    assert cl.mu1_claim(grid).verdict == "not reproduced"
+    assert cl_claims.mu1_claim(grid).verdict == "not reproduced"
 
 
 def test_bonferroni_interval_widens_with_comparisons():
     x = np.array([0.1, 0.3, 0.2, 0.25, 0.15])
-    one, three = cl._interval(x, 1), cl._interval(x, 3)
+    one, three = cl_claims._interval(x, 1), cl_claims._interval(x, 3)
     ref = stats.mean_ci(x)
     assert one.lo == pytest.approx(ref.lo, rel=1e-3) and one.hi == pytest.approx(ref.hi, rel=1e-3)
     assert three.lo < one.lo and three.hi > one.hi
@@ -301,18 +308,18 @@ def test_bonferroni_interval_widens_with_comparisons():
 
 def test_configs_validate():
     with pytest.raises(ValueError, match="kind"):
-        ex.PolicyConfig(kind="huge")
+        sweep.PolicyConfig(kind="huge")
     with pytest.raises(ValueError, match="unknown names"):
-        ex.PolicyConfig(kind="tabular", optimizers=("adam_b0", "adam_b0.9", "lion"))
+        sweep.PolicyConfig(kind="tabular", optimizers=("adam_b0", "adam_b0.9", "lion"))
     with pytest.raises(ValueError, match="must contain"):
-        ex.PolicyConfig(kind="tabular", optimizers=("adam_b0.9",))
+        sweep.PolicyConfig(kind="tabular", optimizers=("adam_b0.9",))
     with pytest.raises(ValueError, match="learning_rates"):
-        ex.PolicyConfig(kind="tabular", learning_rates=(0.1, 0.01, 0.2))
+        sweep.PolicyConfig(kind="tabular", learning_rates=(0.1, 0.01, 0.2))
     with pytest.raises(ValueError, match="scale"):
         ex._config("big")
     assert ex._config("paper").policies[1].model == "small"
     with pytest.raises(ValueError, match="mus"):
-        cl.Config(policy=ex.PolicyConfig(kind="tabular", mu=8), mus=(2, 8))
+        cl.Config(policy=sweep.PolicyConfig(kind="tabular", mu=8), mus=(2, 8))
     with pytest.raises(ValueError, match="scale"):
         cl._config("big")
 

@@ -13,6 +13,8 @@ import pytest
 from analysis import prefix
 from experiments import prefix_bias as pb
 from experiments.common import Context
+from experiments.prefix_bias import claims as pb_claims
+from experiments.prefix_bias import task as pb_task
 
 ACC = (0.25, 0.75)
 # a fixed standardised pattern (mean 0, sd 1): synthetic per-seed values are center + sd * Z
@@ -33,7 +35,7 @@ def _per(grpo, dr, control, debias=None, *, key="shared_len_per_gain"):
 
 
 def _verdicts(per):
-    return {c.proposition: c.verdict for c in pb._effect_claims(per, ACC)}
+    return {c.proposition: c.verdict for c in pb_claims.effect_claims(per, ACC)}
 
 
 def test_consequence_reproduced_when_grpo_shortens_in_every_regime():
@@ -80,24 +82,24 @@ def test_verification_claims_fail_on_a_large_error():
     a = {n: dict(good) for n in ("grpo", "gspo", "dr_grpo", "dapo", "grpo+debias")}
     stats = {"fully_shared_nodes": 3, "source": "synthetic"}
     b_stats = {0.25: [{"length_correct": 5.0, "length_incorrect": 5.0}]}
-    assert all(c.verdict == "reproduced" for c in pb._verification_claims(a, stats, b_stats))
+    assert all(c.verdict == "reproduced" for c in pb_claims.verification_claims(a, stats, b_stats))
     a["gspo"]["w_full_float64_max_err_rel"] = 1e-3
     b_stats[0.25][0]["length_incorrect"] = 5.1
-    verdicts = [c.verdict for c in pb._verification_claims(a, stats, b_stats)]
+    verdicts = [c.verdict for c in pb_claims.verification_claims(a, stats, b_stats)]
     assert verdicts == ["not reproduced", "reproduced", "reproduced", "not reproduced"]
 
 
 def test_tree_task_has_reward_independent_of_length():
     cfg = pb._config("test")
-    params = pb.tree_task_policy(3, cfg, 0.3)
+    params = pb_task.tree_task_policy(3, cfg, 0.3)
     t, a = cfg.length, cfg.answer_pos
 
     def expect(f):
-        return float(prefix.tree_expectation(params, f, eos=pb.EOS, length=t))
+        return float(prefix.tree_expectation(params, f, eos=pb_task.EOS, length=t))
 
-    p_correct = expect(lambda s, m: pb._reward(s, cfg))
+    p_correct = expect(lambda s, m: pb_task.reward(s, cfg))
     e_len = expect(lambda s, m: m.sum(-1))
-    e_len_correct = expect(lambda s, m: m.sum(-1) * pb._reward(s, cfg)) / p_correct
+    e_len_correct = expect(lambda s, m: m.sum(-1) * pb_task.reward(s, cfg)) / p_correct
     assert p_correct == pytest.approx(0.3, abs=1e-6)
     assert e_len_correct == pytest.approx(e_len, abs=1e-4)
     assert expect(lambda s, m: (m.sum(-1) <= a + 1).astype(jnp.float32)) == 0.0  # no EOS before the answer
@@ -107,7 +109,7 @@ def test_tree_task_has_reward_independent_of_length():
 def test_control_advantages_hand_case():
     rewards = jnp.asarray([[1.0, 1.0, 0.0, 0.0]])
     mask = (jnp.arange(6)[None, None, :] < jnp.asarray([[2, 4, 2, 4]])[..., None]).astype(jnp.float32)
-    adv = np.asarray(pb.control_advantages(rewards, mask))
+    adv = np.asarray(pb_task.control_advantages(rewards, mask))
     np.testing.assert_allclose(adv, [[0.5 * 3 / 2, 0.5 * 3 / 4, -0.5, -0.5]])
 
 
@@ -127,7 +129,7 @@ def test_end_to_end_on_the_test_config(tmp_path):
     per = result["tree"]["per_seed"]
     assert set(per) == set(pb.REQUIRED)
     assert all(len(v["shared_len_per_gain"]) == 2 for r in per.values() for v in r.values())
-    assert result["presets"]["grpo"]["w_full_float64_max_err_rel"] < pb.IDENTITY_TOL
+    assert result["presets"]["grpo"]["w_full_float64_max_err_rel"] < pb_claims.IDENTITY_TOL
 
 
 def test_config_validation():
@@ -143,7 +145,7 @@ def test_config_validation():
         pb._config("huge")
     for scale in ("quick", "paper", "test"):
         assert dataclasses.is_dataclass(pb._config(scale))
-    assert jax.tree.leaves(pb.tree_task_policy(0, pb._config("test"), 0.5))[0].dtype == jnp.float32
+    assert jax.tree.leaves(pb_task.tree_task_policy(0, pb._config("test"), 0.5))[0].dtype == jnp.float32
 
 
 def test_few_or_undefined_seeds_decide_nothing():
@@ -152,5 +154,5 @@ def test_few_or_undefined_seeds_decide_nothing():
     assert set(_verdicts(few).values()) == {"inconclusive"}  # 3 seeds, however clear
     for m in per:  # a seed whose statistic is undefined (no reward gain) is left out, not propagated
         per[m][0.25]["shared_len_per_gain"][0] = float("nan")
-    claims = pb._effect_claims(per, ACC)
+    claims = pb_claims.effect_claims(per, ACC)
     assert claims[0].verdict == "reproduced" and claims[0].seeds == len(Z) - 1

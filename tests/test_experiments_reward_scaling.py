@@ -21,6 +21,10 @@ import jgrpo
 from analysis import reward_scale as rs
 from experiments import reward_scaling as R
 from experiments.common import Context
+from experiments.reward_scaling import cells as R_cells
+from experiments.reward_scaling import claims as R_claims
+from experiments.reward_scaling import config as R_config
+from experiments.reward_scaling import data as R_data
 
 NUMBER = re.compile(r"[-+]?\d+(\.\d+)?(e[-+]?\d+)?")
 CFG = R._config("test")
@@ -52,7 +56,7 @@ def _cell(preset, setting, *, dtype="float32", policy="tabular", factor=None, n=
     dev = floors[:, None] * factor * rng.uniform(0.2, 0.9, size=(n, len(PHIS)))
     if inv and factor == 1.0:
         dev[:, POW2] = 0.0
-    return R.Cell(
+    return R_cells.Cell(
         policy=policy,
         dtype=dtype,
         preset=preset,
@@ -80,7 +84,7 @@ def _world(over=None):
 
 
 def _claims(cells):
-    return {c.claim: c for c in R.make_claims(CFG, cells)}
+    return {c.claim: c for c in R_claims.make_claims(CFG, cells)}
 
 
 def _find(claims, text):
@@ -102,40 +106,44 @@ def test_seed_and_pooled_log_ratios_by_hand():
     c = dataclasses.replace(_cell("dr_grpo", s, n=3), dev=np.zeros((3, len(PHIS))), floor=np.array([1e-6, 2e-6, 1e-5]))
     c.dev[0, 1] = 1e-4  # 100x its floor
     c.dev[1, 4] = np.inf  # diverged
-    np.testing.assert_allclose(R.seed_log_ratio(c), [2.0, 12.0, -3.0])
-    assert R.seed_log_ratio(c, [0]).tolist() == [-3.0, -3.0, -3.0]  # exact zeros: the bottom of the range
-    assert R.pooled_log_ratio(c) == 12.0
+    np.testing.assert_allclose(R_cells.seed_log_ratio(c), [2.0, 12.0, -3.0])
+    assert R_cells.seed_log_ratio(c, [0]).tolist() == [-3.0, -3.0, -3.0]  # exact zeros: the bottom of the range
+    assert R_cells.pooled_log_ratio(c) == 12.0
     c.dev[1, 4] = 3e-5
-    assert R.pooled_log_ratio(c) == pytest.approx(1.0)  # max dev 1e-4 over max floor 1e-5
+    assert R_cells.pooled_log_ratio(c) == pytest.approx(1.0)  # max dev 1e-4 over max floor 1e-5
     c.floor[:] = 0.0
-    assert R.seed_log_ratio(c)[0] == 12.0 and R.pooled_log_ratio(c) == 12.0  # a deviation over an exactly-0 floor
+    assert (
+        R_cells.seed_log_ratio(c)[0] == 12.0 and R_cells.pooled_log_ratio(c) == 12.0
+    )  # a deviation over an exactly-0 floor
     c.dev[2, 0] = np.nan
-    assert np.isnan(R.seed_log_ratio(c)[2]) and math.isnan(R.pooled_log_ratio(c))
+    assert np.isnan(R_cells.seed_log_ratio(c)[2]) and math.isnan(R_cells.pooled_log_ratio(c))
 
 
 def test_classify_pools_the_invariant_side_and_needs_every_data_set_for_broken():
-    assert R.classify(1.0, np.array([0.2, 0.1, 5.0])) == "invariant"  # a rounding event in one data set only
-    assert R.classify(1.2, np.array([0.2, 0.1, 5.0])) == "between"
-    assert R.classify(0.5, np.array([3.0, 3.0, 0.1])) == "between"  # one large floor hides what most data sets show
-    assert R.classify(6.0, np.array([2.0, 5.0])) == "broken"
-    assert R.classify(6.0, np.array([1.9, 5.0])) == "between"
-    assert R.classify(float("nan"), np.array([1.0])) == "no reference"
-    assert R.decide_cells(["invariant", "invariant"]) is True
-    assert R.decide_cells(["invariant", "between"]) is None
-    assert R.decide_cells(["between", "broken"]) is False
-    assert R.decide_cells(["invariant", "no reference"]) is None
+    assert R_cells.classify(1.0, np.array([0.2, 0.1, 5.0])) == "invariant"  # a rounding event in one data set only
+    assert R_cells.classify(1.2, np.array([0.2, 0.1, 5.0])) == "between"
+    assert (
+        R_cells.classify(0.5, np.array([3.0, 3.0, 0.1])) == "between"
+    )  # one large floor hides what most data sets show
+    assert R_cells.classify(6.0, np.array([2.0, 5.0])) == "broken"
+    assert R_cells.classify(6.0, np.array([1.9, 5.0])) == "between"
+    assert R_cells.classify(float("nan"), np.array([1.0])) == "no reference"
+    assert R_claims.decide_cells(["invariant", "invariant"]) is True
+    assert R_claims.decide_cells(["invariant", "between"]) is None
+    assert R_claims.decide_cells(["between", "broken"]) is False
+    assert R_claims.decide_cells(["invariant", "no reference"]) is None
 
 
 def test_interval_decisions():
     from experiments.stats import mean_ci
 
     high, low, mid = mean_ci([5.0, 5.5, 6.0]), mean_ci([-1.0, -0.9, -0.8]), mean_ci([1.5, 1.6, 1.7])
-    assert R.decide_breaks({"a": high}) is True
-    assert R.decide_breaks({"a": high, "b": low}) is False
-    assert R.decide_breaks({"a": high, "b": mid}) is None
-    assert R.decide_holds({"a": low}) is True
-    assert R.decide_holds({"a": low, "b": high}) is False
-    assert R.decide_holds({"a": low, "b": mid}) is None
+    assert R_claims.decide_breaks({"a": high}) is True
+    assert R_claims.decide_breaks({"a": high, "b": low}) is False
+    assert R_claims.decide_breaks({"a": high, "b": mid}) is None
+    assert R_claims.decide_holds({"a": low}) is True
+    assert R_claims.decide_holds({"a": low, "b": high}) is False
+    assert R_claims.decide_holds({"a": low, "b": mid}) is None
 
 
 # ----------------------------------------------------------------------------- claims from synthetic numbers
@@ -225,12 +233,12 @@ def test_settings_are_one_factor_at_a_time():
 
 
 def test_presets_get_a_kl_for_the_beta_rows_and_cppo_std_only_if_it_exists():
-    assert R.preset_spec("dapo").regularizer == jgrpo.methods.Regularizer.KL
-    assert R.preset_spec("dr_grpo") == jgrpo.methods.get("dr_grpo")
-    assert R.preset_spec("gtpo").regularizer == jgrpo.methods.get("gtpo").regularizer
-    std = R.cppo_standardised_spec()
+    assert R_data.preset_spec("dapo").regularizer == jgrpo.methods.Regularizer.KL
+    assert R_data.preset_spec("dr_grpo") == jgrpo.methods.get("dr_grpo")
+    assert R_data.preset_spec("gtpo").regularizer == jgrpo.methods.get("gtpo").regularizer
+    std = R_data.cppo_standardised_spec()
     assert std is None or (rs.prunes_on_standardised(std) and rs.reward_degree(std) == 0)
-    assert (R.preset_spec(R.CPPO_STD) is None) == (std is None)
+    assert (R_data.preset_spec(R_config.CPPO_STD) is None) == (std is None)
 
 
 def test_configs_validate():

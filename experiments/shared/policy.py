@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 import jgrpo
+from experiments.shared.tasks import cpu_compiler_options
 from jgrpo import tasks
 from jgrpo.policies import TransformerConfig, make_transformer, nnx_logits_fn, nnx_logprob_fn
 
@@ -49,7 +50,7 @@ def warm_policy(scale: str, seed: int) -> tuple[Any, Any, PolicySetup]:
         jax.random.fold_in(key, 1),
         steps=s.warmup_steps,
         batch_size=s.warmup_batch,
-        compiler_options={"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None,
+        compiler_options=cpu_compiler_options(),
     )
     return graphdef, params, s
 

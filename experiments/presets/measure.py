@@ -1,4 +1,4 @@
-"""Every preset's loss and diagnostics on one sample group (the library at a glance)."""
+"""The presets table's measurement (no I/O): every preset's loss, gradient norm and diagnostics on one group."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 
 import jgrpo
-from experiments.common import Context, finish, markdown_table
 
 
 def sample_batch(seed: int):
@@ -41,10 +40,12 @@ VARIANTS = (
 )
 
 
-def run(ctx: Context):
-    batch, logp = sample_batch(ctx.seed)
+def measure(seed: int, progress=lambda f, m: None) -> list[tuple[str, str, dict]]:
+    """``(label, flavor, {loss, grad_norm, clip_frac_high, clip_frac_low, ratio_mean, kl, omega})`` of every preset
+    × flavour and every documented variant, in that order."""
+    batch, logp = sample_batch(seed)
     loss_jit = jax.jit(jgrpo.loss, static_argnums=0)
-    rows, result = [], {}
+    out = []
     pairs = [(n, f, ()) for n in jgrpo.methods.names() for f in jgrpo.methods.flavors(n)] + list(VARIANTS)
     for k, (name, flavor, overrides) in enumerate(pairs):
         spec = jgrpo.methods.get(name, flavor=flavor, **dict(overrides))
@@ -60,30 +61,6 @@ def run(ctx: Context):
             "kl": float(aux["kl"]),
             "omega": np.asarray(aux["omega"]).tolist(),
         }
-        result[f"{label}/{flavor}"] = rec
-        rows.append(
-            (
-                label,
-                flavor,
-                rec["loss"],
-                rec["grad_norm"],
-                rec["clip_frac_high"],
-                rec["clip_frac_low"],
-                rec["ratio_mean"],
-                rec["kl"],
-            )
-        )
-        ctx.progress((k + 1) / len(pairs), f"{label}/{flavor}")
-    table = markdown_table(
-        ["method", "flavor", "loss = -J", "|dloss/dlogp|", "clip high", "clip low", "ratio mean", "kl"], rows
-    )
-    return finish(
-        ctx,
-        "presets",
-        "Every preset on one sample group",
-        {"presets": result},
-        table,
-        [],
-        None,
-        notes="B = 2 prompts, G = 4, T = 6; one empty completion; random log-ratios of scale 0.25.",
-    )
+        out.append((label, flavor, rec))
+        progress((k + 1) / len(pairs), f"{label}/{flavor}")
+    return out
