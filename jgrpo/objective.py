@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jax.experimental import checkify
 from jax.typing import ArrayLike
 
+from jgrpo import fused as fused_path
 from jgrpo.advantages import centred_advantages, combine_rewards
 from jgrpo.batch import GroupBatch, as_array, check_inputs, checkify_inputs
 from jgrpo.methods import Advantage, MethodSpec, Objective, Regularizer, Scale
@@ -176,7 +177,9 @@ def clamp_active(spec: MethodSpec, logp: jax.Array, batch: GroupBatch) -> jax.Ar
     return active & mask.astype(bool)
 
 
-def loss(spec: MethodSpec, logp: ArrayLike, batch: GroupBatch, *, checked: bool = False) -> tuple[jax.Array, dict]:
+def loss(
+    spec: MethodSpec, logp: ArrayLike, batch: GroupBatch, *, checked: bool = False, fused: bool | None = None
+) -> tuple[jax.Array, dict]:
     """The loss -J of Eq. 1, averaged over the prompts of the batch.
 
     Implements Eq. (1) of arXiv 2601.05002 with the pieces chosen by ``spec``
@@ -191,6 +194,12 @@ def loss(spec: MethodSpec, logp: ArrayLike, batch: GroupBatch, *, checked: bool 
       checked: also emit ``checkify`` checks of the values (mask 0/1, finite
         log-probabilities <= 0, finite entropies and rewards); use through
         :func:`checked_loss`, which functionalises them (under jit too).
+      fused: ``None`` (default): the fused path (:mod:`jgrpo.fused`: one pass over the
+        ``[..., G, T]`` inputs for the value and aux, one for the gradient, a hand-written VJP)
+        wherever :func:`jgrpo.fused.supports` allows, autodiff elsewhere; ``False``: always
+        autodiff (the reference; also the path for forward-mode ``jax.jvp`` / ``jax.hessian``,
+        which a ``custom_vjp`` does not support); ``True``: the fused path or a ValueError saying
+        why it does not apply. Static (``static_argnames="fused"`` under jit).
 
     Returns:
       ``(loss, aux)``: ``loss`` a scalar (float32, or float64 for float64 input);
@@ -208,15 +217,24 @@ def loss(spec: MethodSpec, logp: ArrayLike, batch: GroupBatch, *, checked: bool 
     Raises:
       TypeError, ValueError: see :func:`validate`; with concrete inputs also bad
         values (a mask other than 0/1, NaN/inf or positive log-probabilities on
-        completion tokens, non-finite rewards).
+        completion tokens, non-finite rewards); ``fused=True`` for a spec the fused
+        path does not support.
 
     Note:
       Sign: ``loss`` = -J (to minimise). Padding (mask 0) never contributes,
       even if ``logp`` holds NaN there.
     """
+    if fused not in (None, True, False):
+        raise TypeError(f"fused must be None, True or False; got {fused!r}")
     if checked:
         checkify_inputs(jnp.asarray(as_array("logp", logp)), batch)
     logp, batch = _prepare(spec, logp, batch)
+    if fused is not False:
+        reason = fused_path.supports(spec, batch)
+        if reason is None:
+            return fused_path.loss(spec, logp, batch)
+        if fused:
+            raise ValueError(f"fused=True: the fused loss does not apply to method {spec.name!r}: {reason}")
     t = _terms(spec, logp, batch)
     mask = batch.mask
     policy = jnp.sum(t.alpha * t.term, axis=(-2, -1))

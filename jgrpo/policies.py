@@ -186,17 +186,42 @@ def _check_tabular(params: Any, tokens: Any) -> None:
     _check_range("tokens", tokens, vocab)
 
 
+def _tabular_prev(tokens: jax.Array, vocab: int) -> jax.Array:
+    """The context index of each token ``[..., T]``: y_{t-1}, and V (the start context) at t = 0."""
+    start = jnp.full(tokens.shape[:-1] + (1,), vocab, tokens.dtype)
+    return jnp.concatenate([start, tokens[..., :-1]], axis=-1)
+
+
 def _tabular_cells(table: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Returns (prev [..., T] context index, log-softmaxed cell logits [..., T, V] in float32)."""
-    vocab, t = table.shape[-1], tokens.shape[-1]
-    start = jnp.full(tokens.shape[:-1] + (1,), vocab, tokens.dtype)
-    prev = jnp.concatenate([start, tokens[..., :-1]], axis=-1)  # [..., T]
-    logits_v = table[jnp.arange(t), prev]  # [..., T, V]
+    prev = _tabular_prev(tokens, table.shape[-1])
+    logits_v = table[jnp.arange(tokens.shape[-1]), prev]  # [..., T, V]
     return prev, jax.nn.log_softmax(logits_v.astype(jnp.float32), axis=-1)
 
 
 @jax.jit
 def _tabular_core(table: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(logp, entropy)`` ``[..., T]``: the table's log-softmax, then one scalar per token.
+
+    The log-softmax runs once over the dense table ``[T_max, V+1, V]`` (every cell, in its
+    natural layout) and each token reads one entry, ``logp_t = log_softmax(table)[t, y_{t-1}, y_t]``;
+    the entropies likewise, one per cell. The values are those of the per-token form
+    ``log_softmax(table[t, y_{t-1}])[y_t]`` (the same row-wise log-softmax); the gradient is the
+    log-softmax's on the dense table plus a scalar per token, instead of a ``[..., T, V]`` gather
+    whose transpose scatters ``V``-wide rows: under ``vmap`` over parameter sets (an inner-loop
+    sweep) no ``[N, ..., T, V]`` array is formed at all.
+    """
+    lsm = jax.nn.log_softmax(table.astype(jnp.float32), axis=-1)  # [T_max, V+1, V]
+    pos = jnp.arange(tokens.shape[-1])
+    prev = _tabular_prev(tokens, table.shape[-1])
+    return lsm[pos, prev, tokens], _entropy(lsm)[pos, prev]
+
+
+@jax.jit
+def _tabular_core_gather(table: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The per-token formulation of :func:`_tabular_core` (before issue 10): gather each token's cell
+    ``[..., T, V]``, log-softmax it, pick the token. Same values; kept as the reference that tests and
+    the benchmark compare the dense formulation with (its gradient scatters ``V``-wide rows)."""
     _, logp_v = _tabular_cells(table, tokens)
     return _token_logp_and_entropy(logp_v, tokens)
 

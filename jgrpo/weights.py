@@ -35,6 +35,7 @@ def normaliser(spec: MethodSpec, mask: jax.Array, dtype=jnp.float32) -> jax.Arra
 
     Implements the token normalisers of Table 1 (1/(G|o_i|), 1/sum_j|o_j|, 1/G,
     1/(G L)) and verl's ``agg_loss`` modes; see :class:`jgrpo.methods.Agg`.
+    It is :func:`row_normaliser` of the completion lengths times the mask.
 
     Note:
       The loss is the mean over prompts of -J_b. With ``Scope.BATCH`` the
@@ -42,17 +43,27 @@ def normaliser(spec: MethodSpec, mask: jax.Array, dtype=jnp.float32) -> jax.Arra
       mean over prompts equals verl's single batch-wide sum.
     """
     m = mask.astype(dtype)
-    length = lengths(mask, dtype)[..., None]  # [..., G, 1]
-    g, t = mask.shape[-2:]
+    return row_normaliser(spec, lengths(mask, dtype), mask.shape[-1])[..., None] * m
+
+
+def row_normaliser(spec: MethodSpec, length: jax.Array, width: int) -> jax.Array:
+    """The aggregation part of alpha per completion, ``[..., G]``, from the lengths L_i ``[..., G]`` (float).
+
+    ``normaliser(spec, mask) = row_normaliser(spec, lengths(mask), T)[..., None] * mask``: every
+    normaliser of :class:`jgrpo.methods.Agg` is constant along a completion. ``width`` is the padded
+    width T (the L of ``seq-mean-token-sum-norm`` when ``norm_length`` is 0).
+    """
+    dtype = length.dtype
+    g = length.shape[-1]
     if spec.scope == Scope.GROUP:
         n_rows = jnp.asarray(g, dtype)
-        n_tokens = jnp.sum(length, axis=-2, keepdims=True)  # [..., 1, 1]
+        n_tokens = jnp.sum(length, axis=-1, keepdims=True)  # [..., 1]
         factor = 1.0
     else:
         n_rows = jnp.sum((length > 0).astype(dtype))
         n_tokens = jnp.sum(length)
-        factor = float(num_prompts(mask))
-    norm_length = spec.norm_length if spec.norm_length > 0 else float(t)
+        factor = float(math.prod(length.shape[:-1]))
+    norm_length = spec.norm_length if spec.norm_length > 0 else float(width)
     if spec.agg == Agg.SEQ_MEAN_TOKEN_MEAN:
         w = _safe_inv(n_rows * length)
     elif spec.agg == Agg.SEQ_MEAN_TOKEN_SUM:
@@ -63,7 +74,7 @@ def normaliser(spec: MethodSpec, mask: jax.Array, dtype=jnp.float32) -> jax.Arra
         w = _safe_inv(n_tokens) * jnp.ones_like(length)
     else:  # TOKEN_SUM
         w = jnp.ones_like(length)
-    return factor * w * m
+    return factor * w
 
 
 def prune_factor(spec: MethodSpec, advantages: jax.Array, rewards: jax.Array | None = None) -> jax.Array:
@@ -88,7 +99,16 @@ def offpolicy_mask(spec: MethodSpec, advantages: jax.Array, log_ratio: jax.Array
     """
     if spec.offpolicy_delta is None:
         return jnp.ones_like(advantages)
-    mean_kl = -jnp.sum(log_ratio, axis=-1) * _safe_inv(lengths(mask))
+    return offpolicy_mask_rows(spec, advantages, jnp.sum(log_ratio, axis=-1), lengths(mask))
+
+
+def offpolicy_mask_rows(
+    spec: MethodSpec, advantages: jax.Array, log_ratio_sum: jax.Array, length: jax.Array
+) -> jax.Array:
+    """:func:`offpolicy_mask` from the per-completion sums sum_t log(pi/pi_old) and lengths L_i, both ``[..., G]``."""
+    if spec.offpolicy_delta is None:
+        return jnp.ones_like(advantages)
+    mean_kl = -log_ratio_sum * _safe_inv(length)
     masked = (advantages < 0) & (jax.lax.stop_gradient(mean_kl) > spec.offpolicy_delta)
     return jnp.where(masked, 0.0, 1.0).astype(advantages.dtype)
 

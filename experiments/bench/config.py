@@ -45,6 +45,9 @@ class Config:
     group_sweep_settings: int = 10_000
     group_sweep_steps: int = 8
     group_loop_settings: int = 5
+    # the vmapped GRPO inner loop runs as lax.map over chunks of this many settings (each chunk vmapped):
+    # one jitted call for every setting, with per-step arrays of ~1-4 MB instead of tens of MB
+    group_sweep_chunk: int = 250
     # train step
     train_shape: tuple[int, int, int, int] = (1, 16, 64, 16)  # (B, G, T, P)
     train_model: tuple[int, int, int, int, int] = (256, 4, 4, 1024, 128)
@@ -58,7 +61,15 @@ class Config:
         unknown = set(self.sections) - set(SECTIONS)
         if unknown:
             raise ValueError(f"Config.sections must be among {SECTIONS}, got {sorted(unknown)}")
-        for name in ("rounds", "copy_mb", "loss_group", "decomp_chunk", "sweep_settings", "matmul_n"):
+        for name in (
+            "rounds",
+            "copy_mb",
+            "loss_group",
+            "decomp_chunk",
+            "sweep_settings",
+            "matmul_n",
+            "group_sweep_chunk",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"Config.{name} must be >= 1, got {getattr(self, name)!r}")
         if self.decomp_chunks_timed is not None and self.decomp_chunks_timed < 1:
@@ -124,6 +135,7 @@ class Config:
             sweep_loop_settings=1,
             group_sweep_steps=2,
             group_loop_settings=1,
+            group_sweep_chunk=8,
             train_shape=(1, 4, 8, 2),
             train_model=(16, 2, 1, 32, 16),
             matmul_n=64,
