@@ -204,6 +204,8 @@ def test_edge_batches_empty_completions_equal_groups_and_clips_on_both_sides():
 
 def test_clamps_active_huge_log_ratios():
     batch, logp = make_batch(seed=5, spread=30.0)
+    logp = logp.copy()
+    logp[..., ::2] -= 100.0  # log-ratios below every preset's clamp (paper: -80, verl: -20) on every other token
     for spec in (get("grpo"), get("gspo"), get("grpo", flavor="verl")):
         aux, _ = assert_paths_agree(spec, logp, batch, argnums=(0, 2))
         assert float(aux["clamp_frac"]) > 0  # log-ratio or KL clamps are active somewhere
