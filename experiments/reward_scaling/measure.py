@@ -20,7 +20,7 @@ import jgrpo
 from analysis import reward_scale as rs
 from experiments.reward_scaling.cells import Cell
 from experiments.reward_scaling.config import DTYPES, Config, Setting, settings
-from experiments.reward_scaling.data import preset_spec, stack, tabular_data, transformer_data, transformer_model
+from experiments.reward_scaling.data import fit_entropy_filter, preset_spec, stack, tabular_data, transformer_data, transformer_model
 from jgrpo import policies as P
 
 
@@ -82,6 +82,7 @@ def run_tabular(cfg, rows, specs, progress):
     data = [tabular_data(cfg, seed, kind) for kind in cfg.reward_kinds for seed in range(cfg.seeds)]
     kinds = [kind for kind in cfg.reward_kinds for _ in range(cfg.seeds)]
     params, batch, prompt, perms = (stack([x[i] for x in data]) for i in range(4))
+    specs = {n: None if s is None else fit_entropy_filter(s, batch) for n, s in specs.items()}
     cells, timings = [], {}
     for dtype in DTYPES:
         names = [n for n in (cfg.presets if dtype == "float32" else cfg.bf16_presets) if specs.get(n) is not None]
@@ -106,7 +107,7 @@ def run_tabular(cfg, rows, specs, progress):
                 0,
             )
             timings[f"tabular/{dtype}/{name}"] = time.perf_counter() - t0
-    return cells, timings
+    return cells, timings, specs
 
 
 def run_transformer(cfg, rows, specs, progress):
@@ -118,14 +119,15 @@ def run_transformer(cfg, rows, specs, progress):
         data = [transformer_data(cfg, mcfg, seed, kind) for kind in cfg.tf_reward_kinds for seed in range(cfg.seeds)]
         logprob_fn = jgrpo.nnx_logprob_fn(data[0][0])
         params, batch, prompt, perms = (stack([x[i] for x in data]) for i in range(1, 5))
+        fitted = {n: None if s is None else fit_entropy_filter(s, batch) for n, s in specs.items()}
         for name in cfg.tf_presets:
-            if specs.get(name) is None:
+            if fitted.get(name) is None:
                 continue
             progress(f"transformer {dtype} {name}")
             t0 = time.perf_counter()
             cells += measure_cells(
                 cfg,
-                specs[name],
+                fitted[name],
                 name,
                 "transformer",
                 dtype,
@@ -175,7 +177,7 @@ def measure(cfg: Config, progress=lambda f, m: None) -> Measurement:
         progress(done[0] / max(total, 1), msg)
         done[0] += 1
 
-    cells, timings = run_tabular(cfg, rows, specs, step)
+    cells, timings, specs = run_tabular(cfg, rows, specs, step)
     model = None
     if cfg.transformer:
         tf_cells, tf_timings, model = run_transformer(cfg, rows, specs, step)
