@@ -19,6 +19,26 @@ from experiments.report import _merge_tables, load_results
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 _COPY = ("result.json", "table.md", "*.png")
+# Parts of an experiment's table.md that the README shows in full (a heading, up to the next heading of its level):
+# the Prop. 2 map has a row per preset and a column per optimizer setting, the failing cells included.
+EXCERPTS = {"reward_scaling": ("### Map",)}
+
+
+def excerpt(table_md: str, heading: str) -> str:
+    """The section of ``table_md`` that starts at the line beginning with ``heading`` and runs to the next heading
+    of the same or a higher level ("" when absent); sub-headings are demoted by one level for the README."""
+    lines = table_md.splitlines()
+    start = next((k for k, line in enumerate(lines) if line.startswith(heading)), None)
+    if start is None:
+        return ""
+    level = len(heading) - len(heading.lstrip("#"))
+    out = [lines[start]]
+    for line in lines[start + 1 :]:
+        hashes = len(line) - len(line.lstrip("#"))
+        if 0 < hashes <= level and line[hashes : hashes + 1] == " ":
+            break
+        out.append(line)
+    return "\n".join("#" + line if line.startswith("#") else line for line in out).rstrip() + "\n"
 
 
 def render(results: Path, *, link_root: Path) -> str:
@@ -53,6 +73,12 @@ def render(results: Path, *, link_root: Path) -> str:
         "",
         _merge_tables(tables),
     ]
+    for r in loaded:
+        table = results / r["experiment"] / "table.md"
+        for heading in EXCERPTS.get(r["experiment"], ()):
+            part = excerpt(table.read_text(), heading) if table.exists() else ""
+            if part:
+                lines += [f"From [{r['experiment']}/table.md]({rel}/{r['experiment']}/table.md):", "", part]
     figs = [(r["experiment"], r["figure"]) for r in loaded if r.get("figure")]
     if figs:
         lines += ["| | |", "|---|---|"]

@@ -119,3 +119,11 @@ def test_finish_takes_claim_objects_only_and_writes_result_json_last(tmp_path, m
     with pytest.raises(OSError, match="disk full"):
         finish(ctx, "x", "t", {}, "| a |\n|---|\n| 1 |\n", [_claim()], None)
     assert not (ctx.out / "result.json").exists()  # result.json marks a complete folder: it comes last
+
+
+def test_readme_excerpt_takes_one_section_and_its_subsections():
+    md = "## Title\n\n### Map: x\n\nintro\n\n#### a\n\n| r |\n\n#### b\n\n| s |\n\n### How far\n\n| t |\n"
+    part = rd.excerpt(md, "### Map")
+    assert part.startswith("#### Map: x") and "##### a" in part and "| s |" in part
+    assert "How far" not in part and "| t |" not in part
+    assert rd.excerpt(md, "### Missing") == ""
