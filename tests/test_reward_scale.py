@@ -417,7 +417,10 @@ def test_bf16_parameters_keep_powers_of_two_exact(data):
     )  # fmt: skip
     assert np.all(np.isfinite(np.asarray(d.max_rel_param_dev))) and float(d.displacement[-1]) > 0.05
     np.testing.assert_array_equal(np.asarray(d.max_rel_param_dev)[POW2], 0.0)
-    assert float(d.noise_floor) > 1e-4  # bf16 rounding moves the floor runs far more than float32's ~1e-7
+    # bf16 rounding moves the other φ-runs far more than float32's ~1e-7. (Not asserted of the ±1-ulp floor runs:
+    # with the fused loss a 1-ulp change of φ is often absorbed in bf16, leaving them bitwise equal to φ = 1.)
+    other = np.asarray(d.max_rel_param_dev)[~POW2]
+    assert float(np.max(other)) > 1e-4, other
 
 
 # ----------------------------------------------------------------------------- the loss and bad input
