@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jgrpo import _scores as _score_lib
 from jgrpo.models import transformer as tf
 from jgrpo.models.config import ModelConfig
 
@@ -33,11 +34,6 @@ __all__ = [
     "nnx_decoder",
     "tabular_decoder",
 ]
-
-
-def _entropy(logp_v: jax.Array) -> jax.Array:
-    p = jnp.exp(logp_v)
-    return -jnp.sum(jnp.where(p > 0, p * logp_v, 0.0), axis=-1)
 
 
 def _config_of(model: Any) -> ModelConfig | None:
@@ -103,11 +99,7 @@ def _scores(model: Any, params: Any, tokens: jax.Array, prompt: jax.Array, promp
 _CHUNK = 256
 
 
-def _token_scores(logits: jax.Array, targets: jax.Array, temperature: Any) -> tuple[jax.Array, jax.Array]:
-    """``(logp, entropy)`` ``[N, T]`` float32 of ``targets`` under ``softmax(logits [N, T, V] / temperature)``."""
-    logp_v = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
-    logp = jnp.take_along_axis(logp_v, targets[..., None], axis=-1)[..., 0]
-    return logp, _entropy(logp_v)
+_token_scores = _score_lib.token_scores  # (logits [N, T, V], targets [N, T], temperature) -> (logp, entropy) float32
 
 
 @functools.cache
