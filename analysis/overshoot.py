@@ -699,7 +699,7 @@ def _bind(logprob_fn: LogprobFn, tokens: jax.Array, prompt: Any, who: str) -> Ca
     """``params -> logprob_fn(params, tokens, prompt)``, checking the output shape (at trace time)."""
     if not callable(logprob_fn):
         raise TypeError(f"{who}: logprob_fn must be callable (params, tokens, prompt) -> logp, got {logprob_fn!r}")
-    prompt = None if prompt is None else jnp.asarray(prompt)
+    prompt = jax.tree.map(jnp.asarray, prompt)  # an array, a pytree of arrays (jgrpo.models.Prompt) or None
 
     def logprob(params):
         logp = logprob_fn(params, tokens, prompt)
@@ -817,7 +817,8 @@ def simulate_group(
         ``jgrpo.policies.tabular_logprob``).
       params: starting policy parameters; ``batch.logp_old`` should be their log-probs.
       batch: a GroupBatch with ``tokens``.
-      prompt: ``[..., P]`` prompts passed to ``logprob_fn`` (None, the default, for a policy that ignores them).
+      prompt: ``[..., P]`` prompts passed to ``logprob_fn`` (or a pytree such as ``jgrpo.models.Prompt(ids, mask)``
+        for left-padded prompts); None, the default, for a policy that ignores them.
       optimizer: any optax chain; extra-args transformations get ``extra_args_fn``'s output.
       num_steps: μ (static int).
       opt_state: optional starting state (e.g. vmapped inject_hyperparams state for sweeps).

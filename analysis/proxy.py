@@ -418,7 +418,7 @@ def policy_snis_gain(
     if held_out.tokens is None:
         raise ValueError("policy_snis_gain needs held_out.tokens to evaluate the policy")
     tokens = jnp.asarray(held_out.tokens)
-    logp = logprob_fn(params, tokens, None if prompt is None else jnp.asarray(prompt))
+    logp = logprob_fn(params, tokens, jax.tree.map(jnp.asarray, prompt))
     if jnp.shape(logp) != tokens.shape:
         raise ValueError(
             f"logprob_fn(params, tokens, prompt) must return logp shaped like held_out.tokens {tuple(tokens.shape)}, "

@@ -318,7 +318,7 @@ def permute_batch(
     def move(x):
         return jnp.asarray(x)[perm_b[:, None], perm_g]
 
-    moved_prompt = None if prompt is None else jnp.asarray(prompt)[perm_b]
+    moved_prompt = jax.tree.map(lambda x: jnp.asarray(x)[perm_b], prompt)
     return jax.tree.map(move, batch), moved_prompt  # None fields (and a None prompt) stay None
 
 
@@ -546,14 +546,13 @@ def _check_common(phis, num_steps, batch, optimizer, hyper, ulp_floor):
 
 def _check_prompt(prompt: Any, lead: tuple[int, ...], what: str) -> None:
     """``prompt`` is None or has the leading dims ``lead`` (one prompt per group)."""
-    if prompt is None:
-        return
-    shape = tuple(np.shape(prompt))
-    if shape[: len(lead)] != lead:
-        raise ValueError(
-            f"prompt must have shape {what} (one prompt per group of the batch, leading dims {lead}), got {shape}; "
-            "pass prompt=None for a policy that ignores the prompt"
-        )
+    for leaf in jax.tree.leaves(prompt):  # an array, a pytree of arrays (jgrpo.models.Prompt) or None
+        shape = tuple(np.shape(leaf))
+        if shape[: len(lead)] != lead:
+            raise ValueError(
+                f"prompt must have shape {what} (one prompt per group of the batch, leading dims {lead}), got "
+                f"{shape}; pass prompt=None for a policy that ignores the prompt"
+            )
 
 
 def _check_perms(permutations, lead: tuple[int, ...], b: int, g: int, what: str):
@@ -621,7 +620,8 @@ def trajectory_deviation(
         ``logp_ref`` for a KL regularizer and ``entropy`` for GTPO's.
       phis: ``[K]`` reward scales φ > 0.
       prompt: ``[B, ...]`` prompt ids passed to ``logprob_fn`` (they move with their group when a
-        batch is reordered); None (the default) for a policy that ignores the prompt.
+        batch is reordered), or a pytree of such arrays (``jgrpo.models.Prompt(ids, mask)`` for
+        left-padded prompts); None (the default) for a policy that ignores the prompt.
       num_steps: μ ≥ 1, a Python int.
       optimizer: ``"adamw"`` or ``"sgd"`` built from ``hyper`` (see
         :func:`make_optimizer`), or any optax transformation (then ``hyper``
@@ -660,7 +660,7 @@ def trajectory_deviation(
         logprob_fn,
         jax.tree.map(lambda x: jnp.asarray(x)[None], params),
         jax.tree.map(lambda x: jnp.asarray(x)[None], batch),
-        None if prompt is None else jnp.asarray(prompt)[None],
+        jax.tree.map(lambda x: jnp.asarray(x)[None], prompt),
         phis_arr,
         perm_b[None],
         perm_g[None],

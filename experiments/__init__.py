@@ -11,6 +11,21 @@ REGISTRY: dict[str, str] = {
     "clipping": "experiments.clipping:run",
 }
 
+# The experiments that run on a model and accept ``--model PATH`` (a Hugging Face checkpoint directory in place of
+# the tiny NNX transformer); the others run on exact tabular policies, where a checkpoint has no place.
+MODEL_EXPERIMENTS: dict[str, str] = {
+    "prefix_bias": "part (A): W_agg and the shared-prefix gradient of every preset on the checkpoint's rollouts",
+    "reward_scaling": "the transformer part: the checkpoint's parameters and Countdown rollouts (synthetic rewards)",
+}
+NO_MODEL_REASON: dict[str, str] = {
+    "presets": "it evaluates each preset's loss on one fixed sample group (no policy)",
+    "loss_proxy": "it needs the exact expected reward of the policy, which only the tabular policy gives",
+    "length_bias": "it needs the exact drift of E[len | incorrect], which only the tabular policy gives",
+    "overshoot": "its vmapped sweep stacks one parameter set per seed and learning rate (not supported for a "
+    "checkpoint yet)",
+    "clipping": "it measures the exact reward gain, which only the tabular policy gives",
+}
+
 DESCRIPTIONS: dict[str, str] = {
     "presets": "every preset's loss and diagnostics on one sample group (a table)",
     "prefix_bias": "Prop. 1: W_agg per preset; the shared-prefix gradient's exact effect on length (prefix tree)",

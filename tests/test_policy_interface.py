@@ -49,10 +49,10 @@ def test_simulate_group_passes_the_prompt_to_the_policy():
     )
     got = run(params, batch, prompt)
     # Reference: plain gradient descent on jgrpo.loss of the same policy with the prompt closed over.
+    grad_fn = jax.jit(jax.grad(lambda q: jgrpo.loss(spec, P.tabular_prompt_logprob(q, batch.tokens, prompt), batch)[0]))
     theta = params
     for _ in range(steps):
-        grad = jax.grad(lambda q: jgrpo.loss(spec, P.tabular_prompt_logprob(q, batch.tokens, prompt), batch)[0])(theta)
-        theta = jax.tree.map(lambda x, g: x - lr * g, theta, grad)
+        theta = jax.tree.map(lambda x, g: x - lr * g, theta, grad_fn(theta))
     np.testing.assert_allclose(np.asarray(got.final_params["logits"]), np.asarray(theta["logits"]), atol=1e-6)
     assert float(got.final_aux["escape"].frac) >= 0.0
     # Another prompt is another policy: at step 0 its ratios are not 1, so the loss differs (the prompt is used).

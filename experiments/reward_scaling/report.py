@@ -233,7 +233,14 @@ def write(ctx: Context, cfg: Config, m: Measurement, claims: list):
             "once the option exists (its reward degree is 0)."
         )
     )
-    if model is not None:
+    if model is not None and cfg.model is not None:
+        notes += (
+            f"\n\nCheckpoint rows: {model['description']} ({cfg.model}); B = {cfg.tf_num_prompts} Countdown prompts × "
+            f"G = {cfg.tf_group_size} completions of T ≤ {cfg.tf_completion_len} tokens sampled from it; synthetic "
+            f"reward kinds {cfg.tf_reward_kinds}; AdamW η = {cfg.tf_adam_lr:g}, SGD η = {cfg.tf_sgd_lr:g}; presets "
+            f"{', '.join(cfg.tf_presets)}; dtypes {', '.join(cfg.tf_dtypes)}."
+        )
+    elif model is not None:
         notes += (
             f"\n\nTransformer: {cfg.tf_model} NNX ({model['n_layers']} layers, d_model {model['d_model']}, "
             f"V = {cfg.tf_vocab}), B = {cfg.tf_num_prompts} × G = {cfg.tf_group_size} random completions of "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +26,7 @@ from jgrpo.models.config import ModelConfig
 
 __all__ = [
     "Decoder",
+    "Prompt",
     "NNXDecoder",
     "TabularDecoder",
     "decoder",
@@ -34,6 +35,22 @@ __all__ = [
     "nnx_decoder",
     "tabular_decoder",
 ]
+
+
+class Prompt(NamedTuple):
+    """Left-padded prompts as one pytree: ``ids`` ``[..., P]`` int and ``mask`` ``[..., P]`` 0/1 (1 on real tokens).
+
+    The ``prompt`` argument of the policy protocol may be a ``Prompt`` for the functions of
+    :func:`logprob_fn` / :func:`logprob_and_entropy_fn`, so that the analyses (which pass
+    ``prompt=`` through, move it with its group and vmap over it as a pytree) see padded
+    prompts exactly as the sampler did::
+
+        logprob = jgrpo.models.logprob_fn(model_fn)
+        overshoot.simulate_group(spec, logprob, params, batch, opt, 8, prompt=Prompt(prompt, prompt_mask))
+    """
+
+    ids: Any
+    mask: Any
 
 
 def _config_of(model: Any) -> ModelConfig | None:
@@ -106,6 +123,8 @@ _token_scores = _score_lib.token_scores  # (logits [N, T, V], targets [N, T], te
 def logprob_and_entropy_fn(model: Any, *, temperature: float = 1.0) -> Callable[..., tuple[jax.Array, jax.Array]]:
     """``(params, tokens [..., G, T], prompt [..., P], prompt_mask=None) -> (logp, entropy)`` ``[..., G, T]`` float32.
 
+    ``prompt`` may also be a :class:`Prompt` ``(ids, mask)`` (left-padded prompts in one pytree).
+
     Args:
       model: a ``model_fn`` of :func:`jgrpo.models.from_pretrained` (or its
         :class:`ModelConfig`), or any causal ``model_fn(params, ids [N, L], mask=None) -> logits``.
@@ -116,6 +135,10 @@ def logprob_and_entropy_fn(model: Any, *, temperature: float = 1.0) -> Callable[
     """
 
     def fn(params: Any, tokens: Any, prompt: Any, prompt_mask: Any = None) -> tuple[jax.Array, jax.Array]:
+        if isinstance(prompt, Prompt):
+            if prompt_mask is not None:
+                raise ValueError("pass the prompt mask either in a Prompt or as prompt_mask, not both")
+            prompt, prompt_mask = prompt.ids, prompt.mask
         _check(tokens, prompt, prompt_mask)
         return _scores(model, params, jnp.asarray(tokens), jnp.asarray(prompt), prompt_mask, temperature)
 
