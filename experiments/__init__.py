@@ -21,8 +21,9 @@ NO_MODEL_REASON: dict[str, str] = {
     "presets": "it evaluates each preset's loss on one fixed sample group (no policy)",
     "loss_proxy": "it needs the exact expected reward of the policy, which only the tabular policy gives",
     "length_bias": "it needs the exact drift of E[len | incorrect], which only the tabular policy gives",
-    "overshoot": "its vmapped sweep stacks one parameter set per seed and learning rate (not supported for a "
-    "checkpoint yet)",
+    "overshoot": "its sweep samples and rewards inside one jitted program (reward: the completion contains the "
+    "prompt's first token), which a real tokenizer's vocabulary makes almost always 0, and Countdown's verifier "
+    "runs on the host; not supported for a checkpoint yet",
     "clipping": "it measures the exact reward gain, which only the tabular policy gives",
 }
 

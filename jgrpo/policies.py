@@ -6,10 +6,22 @@ Every policy in jgrpo is used through one pure function::
 
     logprob_fn(params, tokens, prompt) -> logp
 
-* ``prompt``: ``[..., P]`` int, the prompt token ids (one prompt per group).
+* ``prompt``: ``[..., P]`` int, the prompt token ids (one prompt per group); None for a
+  policy that ignores the prompt (the tabular ones), or a pytree of ``[..., ...]`` arrays
+  such as ``jgrpo.models.Prompt(ids, mask)`` for left-padded prompts.
 * ``tokens``: ``[..., G, T]`` int, the G completions of each prompt.
 * ``logp``: ``[..., G, T]`` float32, ``log pi_theta(y_t | prompt, y_<t)`` of every
   completion token (padding positions included; mask them downstream).
+
+Every analysis takes the policy this way and the prompt as a keyword next to the batch,
+``prompt=`` (None by default): ``analysis.overshoot.simulate_group(spec, logprob_fn, params,
+batch, opt, mu, prompt=prompt)``, ``grpo_loss_fn`` / ``group_ratio_fn``,
+``analysis.reward_scale.trajectory_deviation`` / ``deviation_grid`` (the prompt moves with its
+group when a batch is reordered), ``analysis.proxy.policy_snis_gain``, and
+``analysis.prefix.decompose``. Build it from any Hugging Face ``model_fn`` with
+``jgrpo.models.logprob_fn(model_fn)``, from the NNX transformer with ``jgrpo.nnx_logprob_fn(graphdef)``;
+the tabular policies (``tabular_logprob``, ``tabular_prompt_logprob``, ``tree_logprob``) are
+such functions already.
 
 ``params`` is an explicit pytree, so ``jax.grad`` of any function of ``logp`` with
 respect to ``params`` is the exact policy gradient of that function. The optional

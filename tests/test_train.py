@@ -272,8 +272,7 @@ _EIGHT_DEVICES = textwrap.dedent(
     import jax
     assert jax.device_count() == 8, jax.devices()
     from tests import test_train as t
-    from experiments.shared.metrics import prefix_metrics
-from jgrpo import train as jtrain
+    from jgrpo import train as jtrain
     try:
         jtrain.train(t.CONFIG.replace(prompts_per_step=12))
         raise SystemExit("B = 12 on 8 devices did not raise")
