@@ -1,7 +1,8 @@
 """``python -m experiments run NAME --model PATH``: the experiments on a Hugging Face checkpoint, end to end.
 
 The checkpoint is a tiny random-weight Qwen2 written by transformers (tests/hf_checkpoints.py) with a tiny BPE
-tokenizer trained here on Countdown text (tests/test_tasks.py); nothing is downloaded.
+tokenizer trained here on Countdown text (tests/test_tasks.py); nothing is downloaded. The end-to-end runs are
+marked slow (``make test`` keeps the CLI's checks, which need no checkpoint).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def test_cli_refuses_a_checkpoint_where_it_has_no_place(tmp_path, capsys):
     assert not (tmp_path / "loss_proxy").exists()  # refused before any compute
 
 
+@pytest.mark.slow
 def test_checkpoint_rollouts_are_on_policy(checkpoint):
     from experiments.shared import checkpoint as C
 
@@ -57,11 +59,11 @@ def test_checkpoint_rollouts_are_on_policy(checkpoint):
     assert isinstance(r.prompt, M.Prompt) and r.batch.tokens.shape == (2, 2, 3)
     assert np.asarray(r.prompt.mask).min() == 0  # Countdown prompts of different lengths: left padding is used
     # The analyses' protocol on the padded prompt gives back logp_old: every ratio is 1 at the first inner step.
-    logp = M.logprob_fn(ck.model_fn)(ck.params, r.batch.tokens, r.prompt)
+    lf = M.logprob_fn(ck.model_fn)
+    # ... and, without the mask, the pads are attended to: other log-probabilities (the Prompt's mask is used).
+    logp, unmasked = jax.jit(lambda p, t, pr: (lf(p, t, pr), lf(p, t, pr.ids)))(ck.params, r.batch.tokens, r.prompt)
     m = np.asarray(r.batch.mask) > 0
     np.testing.assert_allclose(np.asarray(logp)[m], np.asarray(r.batch.logp_old)[m], atol=1e-5)
-    # Without the mask the pads are attended to: other log-probabilities (the Prompt's mask is used).
-    unmasked = M.logprob_fn(ck.model_fn)(ck.params, r.batch.tokens, r.prompt.ids)
     assert np.max(np.abs(np.asarray(unmasked)[m] - np.asarray(logp)[m])) > 1e-4
 
 

@@ -7,6 +7,7 @@ wrong output shape is a clear error, and jgrpo itself imports neither ``analysis
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -27,6 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B, G, T, V, K = 2, 4, 3, 3, 3  # K prompt ids of the prompt-conditioned tabular policy
 
 
+@functools.cache
 def _group(seed: int = 0):
     rng = np.random.default_rng(seed)
     params = P.tabular_prompt_init(jax.random.key(seed), prompts=K, vocab=V, max_len=T, scale=1.0)
@@ -49,16 +51,19 @@ def test_simulate_group_passes_the_prompt_to_the_policy():
     )
     got = run(params, batch, prompt)
     # Reference: plain gradient descent on jgrpo.loss of the same policy with the prompt closed over.
-    grad_fn = jax.jit(jax.grad(lambda q: jgrpo.loss(spec, P.tabular_prompt_logprob(q, batch.tokens, prompt), batch)[0]))
-    theta = params
+    value_and_grad = jax.jit(
+        jax.value_and_grad(lambda q: jgrpo.loss(spec, P.tabular_prompt_logprob(q, batch.tokens, prompt), batch)[0])
+    )
+    theta, losses = params, []
     for _ in range(steps):
-        theta = jax.tree.map(lambda x, g: x - lr * g, theta, grad_fn(theta))
+        value, grad = value_and_grad(theta)
+        theta, losses = jax.tree.map(lambda x, g: x - lr * g, theta, grad), losses + [float(value)]
     np.testing.assert_allclose(np.asarray(got.final_params["logits"]), np.asarray(theta["logits"]), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(got.loss), losses, rtol=1e-6, atol=1e-7)
     assert float(got.final_aux["escape"].frac) >= 0.0
     # Another prompt is another policy: at step 0 its ratios are not 1, so the loss differs (the prompt is used).
     other = run(params, batch, prompt[::-1])
     assert abs(float(other.loss[0]) - float(got.loss[0])) > 1e-4
-    np.testing.assert_allclose(float(got.loss[0]), float(jgrpo.loss(spec, batch.logp_old, batch)[0]), atol=1e-6)
 
 
 def test_loss_and_ratio_fns_check_the_policy_output():
@@ -81,7 +86,7 @@ def test_loss_and_ratio_fns_check_the_policy_output():
 def test_reward_scale_moves_the_prompt_with_its_group():
     """Reordered floor runs permute prompts with their groups: with a prompt-conditioned policy the floor stays at
     rounding level only if the prompt moved too (a prompt left in place would evaluate the other table)."""
-    params, batch, prompt = _group(1)
+    params, batch, prompt = _group()
     spec = jgrpo.methods.get("dr_grpo", beta=0.0)
     perms = (np.array([[1, 0]], np.int32), np.array([[[1, 0, 3, 2], [2, 3, 0, 1]]], np.int32))
     d = rs.trajectory_deviation(
@@ -98,7 +103,7 @@ def test_reward_scale_moves_the_prompt_with_its_group():
 
 def test_reward_scale_without_a_prompt_equals_an_ignored_prompt():
     plain = P.tabular_init(jax.random.key(2), vocab=V, max_len=T)
-    _, batch, _ = _group(2)
+    _, batch, _ = _group()
     batch = batch.replace(logp_old=np.asarray(P.tabular_logprob(plain, batch.tokens)))
     spec = jgrpo.methods.get("dr_grpo", beta=0.0)
     kw = dict(num_steps=2, optimizer="sgd", hyper=rs.OptimizerHyper(learning_rate=0.1), ulp_floor=False)
@@ -108,7 +113,7 @@ def test_reward_scale_without_a_prompt_equals_an_ignored_prompt():
 
 
 def test_policy_snis_gain_is_snis_gain_of_the_policy():
-    params, held, prompt = _group(3)
+    params, held, prompt = _group()
     noise = jax.random.normal(jax.random.key(9), params["logits"].shape)
     new = {"logits": params["logits"] + noise}
     got = proxy.policy_snis_gain(P.tabular_prompt_logprob, new, held, prompt=prompt)
