@@ -36,12 +36,12 @@ format: $(VENV)/.installed
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# Installs the peers it compares against (verl 0.9.1 on torch 2.13.0 CPU: scripts/install_peers.sh; PEERS=0 skips
+# Installs the peers it compares against (verl 0.9.1 and TRL 1.16.0 on torch 2.13.0 CPU: scripts/install_interop.sh; PEERS=0 skips
 # that), then writes $(OUT)/bench.json and bench.md. BENCH_ARGS=--quick for the short run.
 PEERS ?= 1
 BENCH_ARGS ?=
 bench: $(VENV)/.installed
-	if [ "$(PEERS)" != 0 ]; then VENV=$(VENV) bash scripts/install_peers.sh; fi
+	if [ "$(PEERS)" != 0 ]; then VENV=$(VENV) bash scripts/install_interop.sh; fi
 	$(PY) -m experiments bench --out $(OUT) $(BENCH_ARGS)
 
 clean:

@@ -72,7 +72,7 @@ from jax.typing import ArrayLike
 import jgrpo
 from jgrpo._validate import check_bool, check_static_int, is_concrete
 from jgrpo.methods import FNorm, MethodSpec, Regularizer, Scale
-from jgrpo.objective import objective_per_prompt
+from jgrpo.objective import objective_parts, objective_per_prompt
 from jgrpo.policies import LogprobFn
 
 __all__ = [
@@ -263,8 +263,7 @@ def scaled_loss(
         return value, {k: aux[k] for k in ("objective", "policy", "regularizer")}
     on = spec.replace(beta=1.0) if spec.regularizer != Regularizer.NONE else spec
     t = jgrpo.terms(on, logp, batch)
-    policy = jnp.sum(t.alpha * t.term, axis=(-2, -1))
-    reg = jnp.sum(t.reg_weight * t.reg_value, axis=(-2, -1))
+    policy, reg = objective_parts(t)
     beta = jnp.asarray(beta, policy.dtype)
     objective = objective_per_prompt(on, t._replace(reg_weight=beta * t.reg_weight))  # on.beta = 1 or R = 0
     aux = {

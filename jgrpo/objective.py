@@ -144,10 +144,14 @@ def _terms(spec: MethodSpec, logp: jax.Array, batch: GroupBatch) -> Terms:
     )
 
 
+def objective_parts(t: Terms) -> tuple[jax.Array, jax.Array]:
+    """``(sum_{i,t} alpha * term, sum_{i,t} reg_weight * reg_value)`` per prompt ``[...]``: Eq. 1's two sums."""
+    return jnp.sum(t.alpha * t.term, axis=(-2, -1)), jnp.sum(t.reg_weight * t.reg_value, axis=(-2, -1))
+
+
 def objective_per_prompt(spec: MethodSpec, t: Terms) -> jax.Array:
     """J_b ``[...]`` of Eq. 1 from the per-token pieces."""
-    policy = jnp.sum(t.alpha * t.term, axis=(-2, -1))
-    reg = jnp.sum(t.reg_weight * t.reg_value, axis=(-2, -1))
+    policy, reg = objective_parts(t)
     return policy - spec.beta * reg + t.bonus
 
 
@@ -237,8 +241,7 @@ def loss(
             raise ValueError(f"fused=True: the fused loss does not apply to method {spec.name!r}: {reason}")
     t = _terms(spec, logp, batch)
     mask = batch.mask
-    policy = jnp.sum(t.alpha * t.term, axis=(-2, -1))
-    reg = jnp.sum(t.reg_weight * t.reg_value, axis=(-2, -1))
+    policy, reg = objective_parts(t)
     objective = policy - spec.beta * reg + t.bonus
     value = -jnp.mean(objective)
     m = mask.astype(bool)

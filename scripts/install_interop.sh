@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the real verl 0.9.1 and TRL 1.16.0 into the project venv for `make interop`
+# Installs the real verl 0.9.1 and TRL 1.16.0 into the project venv for `make interop` and `make bench`
 # (tests/interop/test_verl.py, tests/interop/test_trl.py), with the least that
 # `import verl.trainer.ppo.core_algos` and `import trl.trainer.grpo_trainer` need on a
 # CPU-only machine.
@@ -41,6 +41,10 @@ sys.exit(0 if ok and torch.__version__.split("+")[0] == "2.13.0" else 1)
 PYEOF
 }
 
+if [ ! -x "$PY" ]; then
+  echo "install_interop: no python at $PY (create the venv first: make .venv/.installed, or set VENV)" >&2
+  exit 1
+fi
 if ready; then
   echo "install_interop: verl 0.9.1, trl 1.16.0 and torch 2.13.0 already importable in $VENV"
   exit 0

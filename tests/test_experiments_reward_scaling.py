@@ -14,6 +14,7 @@ import json
 import math
 import re
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -217,6 +218,42 @@ def test_the_weakest_preset_decides():
     extra = dataclasses.replace(extra, preset="rloo")
     claim = _find(_claims([*cells, extra]), BETA)
     assert claim.verdict == "inconclusive" and "rloo" in claim.measured
+
+
+def test_a_data_set_whose_floor_runs_are_bitwise_equal_uses_the_cells_floor():
+    """bf16: the ±1-ulp runs often reproduce the reference exactly (floor 0) while a φ-run flips one rounding; that
+    data set is judged against the cell's pooled floor, not against 0 (which would read as 'broken')."""
+    adamw = next(s for s in SETTINGS if s.key == "adamw")
+    cell = _cell("dr_grpo", adamw, dtype="bfloat16", seed=5)
+    cell.floor[:7] = 0.0
+    cell.dev[:] = 0.5 * np.max(cell.floor)
+    r = R_cells.seed_log_ratio(cell)
+    assert np.all(r <= R_cells.INVARIANT_DECADES) and R_cells.cell_class(cell) == "invariant"
+    cell.dev[:] = 1e4 * np.max(cell.floor)  # a real break still reads as one
+    assert R_cells.cell_class(cell) == "broken"
+    cell.floor[:] = 0.0  # no floor anywhere: a positive deviation is the upper end
+    assert np.all(R_cells.seed_log_ratio(cell) == R_cells.LOG_RATIO_RANGE[1])
+
+
+def test_a_preset_that_never_moves_is_left_out_not_counted_as_invariant():
+    """A d = 1 preset whose update is zero on the data (deviation 0 = 1e-3 x the floor) would make 'β breaks'
+    'not reproduced'; it cannot show anything, so it is left out and named."""
+    beta = next(s for s in SETTINGS if s.key == "beta")
+    frozen = dataclasses.replace(_cell("dr_grpo", beta, factor=1e-3, seed=98), preset="gtpo")
+    assert _find(_claims([*_world(), frozen]), BETA).verdict == "not reproduced"  # the flaw the rule prevents
+    frozen = dataclasses.replace(frozen, displacement=np.zeros(frozen.dev.shape[0]))
+    claim = _find(_claims([*_world(), frozen]), BETA)
+    assert claim.verdict == "reproduced" and "left out" in claim.measured and "gtpo" in claim.measured
+
+
+def test_the_entropy_filter_threshold_keeps_about_half_the_completions():
+    _, batch, _, _ = R_data.tabular_data(CFG, 0, "binary")
+    spec = R_data.fit_entropy_filter(jgrpo.methods.get("gtpo"), batch)
+    assert jgrpo.methods.get("gtpo").entropy_threshold is not None
+    kept = np.asarray(jgrpo.weights.entropy_filter(spec, jnp.asarray(batch.entropy), jnp.asarray(batch.mask)))
+    nonempty = np.asarray(batch.mask).sum(-1) > 0
+    assert 0.3 <= kept[nonempty].mean() <= 0.7
+    assert R_data.fit_entropy_filter(jgrpo.methods.get("grpo"), batch) == jgrpo.methods.get("grpo")
 
 
 # ----------------------------------------------------------------------------- configuration

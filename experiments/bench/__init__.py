@@ -1,7 +1,7 @@
 """Benchmarks: jgrpo's speed against peers, naive baselines and the hardware's measured rates.
 
 ``python -m experiments bench [--out DIR] [--quick]`` (or ``make bench``, which first
-installs the peers with scripts/install_peers.sh) writes ``bench.json`` and
+installs the peers with scripts/install_interop.sh) writes ``bench.json`` and
 ``bench.md`` into ``DIR`` and prints the table; ``python -m experiments bench-readme``
 regenerates the README's performance section from one or more bench.json files.
 

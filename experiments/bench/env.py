@@ -12,7 +12,7 @@ import jax
 
 __all__ = ["backend", "cores", "device", "load_peers", "machine"]
 
-PEER_INSTALL = "scripts/install_peers.sh (make bench runs it)"
+PEER_INSTALL = "scripts/install_interop.sh (make bench runs it)"
 
 
 def cores() -> int:

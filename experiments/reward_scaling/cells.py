@@ -52,14 +52,22 @@ class Cell:
 def seed_log_ratio(cell: Cell, cols: Sequence[int] | None = None) -> np.ndarray:
     """``[D]`` per data set log10(max over φ columns ``cols`` (default all) of dev(φ) / floor).
 
+    A data set whose floor runs all reproduce the reference bit for bit (floor exactly 0: no
+    rounding event happened to occur in them, common in bf16 where a 1-ulp change of φ is often
+    absorbed) has no floor estimate of its own; the cell's pooled floor (max over data sets, as in
+    :func:`pooled_log_ratio`) stands in for it.
+
     Clipped to ``LOG_RATIO_RANGE``: a deviation of exactly 0 gives the lower end, a
-    diverged run (inf) or a positive deviation over a floor of exactly 0 the upper end.
-    NaN (the φ = 1 reference diverged) stays NaN.
+    diverged run (inf) or a positive deviation over a floor of exactly 0 in every data set the
+    upper end. NaN (the φ = 1 reference diverged) stays NaN.
     """
     dev = cell.dev if cols is None else cell.dev[:, list(cols)]
     dev = np.max(dev, axis=1)
+    floor = np.asarray(cell.floor, np.float64)
+    finite = floor[np.isfinite(floor)]
+    floor = np.where(floor > 0, floor, float(np.max(finite)) if finite.size else 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(dev > 0, dev / cell.floor, 0.0)
+        ratio = np.where(dev > 0, dev / floor, 0.0)
         out = np.log10(np.clip(ratio, 10 ** LOG_RATIO_RANGE[0], 10 ** LOG_RATIO_RANGE[1]))
     return np.where(np.isnan(dev), np.nan, out)
 

@@ -151,7 +151,13 @@ def _verification(claim, proposition, cells, criterion, falsified_if, extra=""):
 
 
 def _experiment(claim, proposition, cells, phis, which, rule, criterion, falsified_if, extra_fn=None):
-    """An experiment claim: per cell the CI over data sets of the per-data-set log10 ratio at ``which``."""
+    """An experiment claim: per cell the CI over data sets of the per-data-set log10 ratio at ``which``.
+
+    A cell whose reference run never moves (θ_μ = θ_0 on every data set: the preset's update is
+    zero on this data) cannot show a break or its absence; it is left out and named.
+    """
+    frozen = [c for c in cells if c.displacement is not None and np.all(np.asarray(c.displacement) == 0)]
+    cells = [c for c in cells if not any(c is f for f in frozen)]
     cis: dict[str, Interval] = {}
     for c in cells:
         ci = _interval(seed_log_ratio(c, phi_columns(phis, which)))
@@ -168,6 +174,8 @@ def _experiment(claim, proposition, cells, phis, which, rule, criterion, falsifi
     )
     if extra_fn is not None:
         measured += extra_fn(cells)
+    if frozen:
+        measured += "; left out (no parameter update, nothing to test): " + ", ".join(c.label for c in frozen)
     return Claim(
         claim=claim,
         kind="experiment",

@@ -6,6 +6,7 @@ import dataclasses
 import enum
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import jgrpo
@@ -13,6 +14,7 @@ from analysis import reward_scale as rs
 from experiments.reward_scaling.config import CPPO_STD, REWARD_KINDS, Config
 from jgrpo import policies as P
 from jgrpo.methods import MethodSpec, Regularizer
+from jgrpo.weights import mean_entropy
 
 
 def cppo_standardised_spec() -> MethodSpec | None:
@@ -51,6 +53,23 @@ def preset_spec(name: str) -> MethodSpec | None:
     if spec.regularizer == Regularizer.NONE:
         spec = spec.replace(regularizer="kl", kl="k3")
     return spec
+
+
+def fit_entropy_filter(spec: MethodSpec, batch: jgrpo.GroupBatch) -> MethodSpec:
+    """GTPO's entropy filter with its threshold at the median completion-mean entropy of ``batch``.
+
+    The GTPO paper's threshold (ln 2) is meant for a language model's token entropies; the
+    random policies of this experiment have per-token entropies near ln V, so every completion
+    would be filtered out and the update would be zero — a run that cannot show a break of
+    invariance. At the median, about half the completions pass: the filter stays active (it
+    reads entropies, not rewards, so it keeps the reward degree of the preset). Specs without
+    a filter are returned unchanged.
+    """
+    if spec.entropy_threshold is None or batch.entropy is None:
+        return spec
+    h = np.asarray(mean_entropy(jnp.asarray(batch.entropy), jnp.asarray(batch.mask)))
+    has_tokens = np.asarray(batch.mask).sum(-1) > 0
+    return spec.replace(entropy_threshold=float(np.median(h[has_tokens])))
 
 
 # ----------------------------------------------------------------------------- data

@@ -23,6 +23,7 @@ from experiments.reward_scaling.cells import Cell
 from experiments.reward_scaling.config import DTYPES, Config, Setting, settings
 from experiments.reward_scaling.data import (
     checkpoint_data,
+    fit_entropy_filter,
     preset_spec,
     stack,
     tabular_data,
@@ -91,6 +92,7 @@ def run_tabular(cfg, rows, specs, progress):
     data = [tabular_data(cfg, seed, kind) for kind in cfg.reward_kinds for seed in range(cfg.seeds)]
     kinds = [kind for kind in cfg.reward_kinds for _ in range(cfg.seeds)]
     params, batch, prompt, perms = (stack([x[i] for x in data]) for i in range(4))
+    specs = {n: None if s is None else fit_entropy_filter(s, batch) for n, s in specs.items()}
     cells, timings = [], {}
     for dtype in DTYPES:
         names = [n for n in (cfg.presets if dtype == "float32" else cfg.bf16_presets) if specs.get(n) is not None]
@@ -115,7 +117,7 @@ def run_tabular(cfg, rows, specs, progress):
                 0,
             )
             timings[f"tabular/{dtype}/{name}"] = time.perf_counter() - t0
-    return cells, timings
+    return cells, timings, specs
 
 
 def run_transformer(cfg, rows, specs, progress):
@@ -141,14 +143,15 @@ def run_transformer(cfg, rows, specs, progress):
             ]
             logprob_fn = jgrpo.nnx_logprob_fn(data[0][0])
         params, batch, prompt, perms = (stack([x[i] for x in data]) for i in range(1, 5))
+        fitted = {n: None if s is None else fit_entropy_filter(s, batch) for n, s in specs.items()}
         for name in cfg.tf_presets:
-            if specs.get(name) is None:
+            if fitted.get(name) is None:
                 continue
             progress(f"transformer {dtype} {name}")
             t0 = time.perf_counter()
             cells += measure_cells(
                 cfg,
-                specs[name],
+                fitted[name],
                 name,
                 "transformer",  # the model rows (the NNX transformer or --model's checkpoint)
                 dtype,
@@ -198,7 +201,7 @@ def measure(cfg: Config, progress=lambda f, m: None) -> Measurement:
         progress(done[0] / max(total, 1), msg)
         done[0] += 1
 
-    cells, timings = run_tabular(cfg, rows, specs, step)
+    cells, timings, specs = run_tabular(cfg, rows, specs, step)
     model = None
     if cfg.transformer:
         tf_cells, tf_timings, model = run_transformer(cfg, rows, specs, step)

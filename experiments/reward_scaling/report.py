@@ -202,6 +202,9 @@ def write(ctx: Context, cfg: Config, m: Measurement, claims: list):
         "settings": [dataclasses.asdict(s) for s in rows],
         "degrees": {n: (None if s is None else rs.reward_degree(s)) for n, s in specs.items()},
         "cppo_standardised_available": cppo_std,
+        "entropy_thresholds": {
+            n: s.entropy_threshold for n, s in specs.items() if s is not None and s.entropy_threshold
+        },
         "cells": [_cell_json(c) for c in cells],
         "transformer_model": model,
         "timings_s": timings,
@@ -218,7 +221,14 @@ def write(ctx: Context, cfg: Config, m: Measurement, claims: list):
         f"bf16 runs: {', '.join(cfg.bf16_presets)}"
         + (" (one preset per reward degree at this scale; --scale paper runs every preset)" if ctx.quick else "")
         + ".\n\n"
-        "Noise floor: the runs φ = 1 ± 1 ulp and φ = 1 on reordered batches compute the reference objective up to "
+        + "".join(
+            f"{n}'s entropy filter δ_i: threshold {s.entropy_threshold:.3f} nats, the median completion-mean entropy "
+            "of the tabular data sets (the GTPO paper's ln 2 is for a language model's entropies; here it would "
+            "filter out every completion and leave no update to test).\n\n"
+            for n, s in specs.items()
+            if s is not None and s.entropy_threshold is not None
+        )
+        + "Noise floor: the runs φ = 1 ± 1 ulp and φ = 1 on reordered batches compute the reference objective up to "
         "rounding. With ε → 0 their deviation is often ~1e-7, but where a gradient coordinate is exactly 0 in exact "
         "arithmetic (e.g. cancelling contributions of completions with opposite advantages on a shared context, "
         "Prop. 1) its float32 residue (~1e-11) is turned by Adam into a ±η step whose sign depends on the rounding: "
