@@ -58,6 +58,7 @@ import jgrpo
 from jgrpo import optim
 from jgrpo._validate import check_min_rank, check_number, check_shape, check_static_int, concrete_values
 from jgrpo.methods import MethodSpec
+from jgrpo.policies import LogprobFn
 
 __all__ = [
     "AdamAfterClip",
@@ -694,17 +695,35 @@ def escape(
     )
 
 
+def _bind(logprob_fn: LogprobFn, tokens: jax.Array, prompt: Any, who: str) -> Callable[[Any], jax.Array]:
+    """``params -> logprob_fn(params, tokens, prompt)``, checking the output shape (at trace time)."""
+    if not callable(logprob_fn):
+        raise TypeError(f"{who}: logprob_fn must be callable (params, tokens, prompt) -> logp, got {logprob_fn!r}")
+    prompt = jax.tree.map(jnp.asarray, prompt)  # an array, a pytree of arrays (jgrpo.models.Prompt) or None
+
+    def logprob(params):
+        logp = logprob_fn(params, tokens, prompt)
+        if jnp.shape(logp) != tokens.shape:
+            raise ValueError(
+                f"{who}: logprob_fn(params, tokens, prompt) must return logp shaped like batch.tokens "
+                f"{tuple(tokens.shape)}, got {tuple(jnp.shape(logp))}"
+            )
+        return logp
+
+    return logprob
+
+
 def _token_ratio(logp: jax.Array, batch: jgrpo.GroupBatch) -> jax.Array:
     """s_{i,t} = exp(logp − logp_old) on completion tokens, 1 on padding."""
     return jnp.exp(jnp.where(jnp.asarray(batch.mask) > 0, logp - jnp.asarray(batch.logp_old), 0.0))
 
 
 def grpo_loss_fn(
-    spec: MethodSpec, logprob_fn: Callable[[Any, jax.Array], jax.Array], batch: jgrpo.GroupBatch
+    spec: MethodSpec, logprob_fn: LogprobFn, batch: jgrpo.GroupBatch, *, prompt: ArrayLike | None = None
 ) -> Callable[[Any], tuple[jax.Array, dict]]:
     """``params -> (loss, aux)`` for one fixed batch, with the escape statistics in aux.
 
-    ``loss`` and ``aux`` are ``jgrpo.loss(spec, logprob_fn(params, batch.tokens), batch)``'s,
+    ``loss`` and ``aux`` are ``jgrpo.loss(spec, logprob_fn(params, batch.tokens, prompt), batch)``'s,
     plus ``aux["escape"]`` (:class:`Escape` of the token ratios exp(logp − logp_old)
     against the spec's clip range) and ``aux["clip_fraction"]`` = clip_frac_high +
     clip_frac_low (tokens whose advantage gradient the clip has zeroed), the per-step
@@ -715,16 +734,19 @@ def grpo_loss_fn(
 
     Args:
       spec: the method.
-      logprob_fn: ``(params, tokens [..., G, T]) -> logp [..., G, T]`` (bind the prompt
-        with ``functools.partial``).
+      logprob_fn: ``(params, tokens [..., G, T], prompt [..., P] | None) -> logp [..., G, T]``, the
+        protocol of :mod:`jgrpo.policies` (``jgrpo.models.logprob_fn(model_fn)``, ``jgrpo.nnx_logprob_fn``,
+        ``jgrpo.policies.tabular_logprob``).
       batch: a :class:`jgrpo.GroupBatch` with ``tokens``.
+      prompt: the prompts passed to ``logprob_fn`` (None for a policy that ignores them).
     """
     if batch.tokens is None:
         raise ValueError("grpo_loss_fn needs batch.tokens to re-evaluate the policy")
     tokens = jnp.asarray(batch.tokens)
+    logprob = _bind(logprob_fn, tokens, prompt, "grpo_loss_fn")
 
     def loss_fn(params):
-        logp = logprob_fn(params, tokens)
+        logp = logprob(params)
         value, aux = jgrpo.loss(spec, logp, batch)
         aux = dict(aux)
         ratio = jax.lax.stop_gradient(_token_ratio(logp, batch))
@@ -736,34 +758,37 @@ def grpo_loss_fn(
 
 
 def group_ratio_fn(
-    logprob_fn: Callable[[Any, jax.Array], jax.Array], batch: jgrpo.GroupBatch, advantages: ArrayLike
+    logprob_fn: LogprobFn, batch: jgrpo.GroupBatch, advantages: ArrayLike, *, prompt: ArrayLike | None = None
 ) -> optim.RatioFn:
     """``params -> (ratio, advantages[..., None], mask)``: the ``ratio_fn`` of ``jgrpo.optim``'s transforms.
 
     Args:
-      logprob_fn: ``(params, tokens [..., G, T]) -> logp [..., G, T]``.
+      logprob_fn: ``(params, tokens [..., G, T], prompt) -> logp [..., G, T]`` (:mod:`jgrpo.policies` protocol).
       batch: a :class:`jgrpo.GroupBatch` with ``tokens`` (its ``logp_old`` is π_old's).
       advantages: ``[..., G]`` A_i (e.g. ``jgrpo.advantages(spec, batch)``).
+      prompt: the prompts passed to ``logprob_fn`` (None for a policy that ignores them).
     """
     if batch.tokens is None:
         raise ValueError("group_ratio_fn needs batch.tokens to re-evaluate the policy")
     tokens = jnp.asarray(batch.tokens)
     adv = jnp.asarray(advantages)[..., None]
+    logprob = _bind(logprob_fn, tokens, prompt, "group_ratio_fn")
 
     def ratio_fn(params):
-        return _token_ratio(logprob_fn(params, tokens), batch), adv, batch.mask
+        return _token_ratio(logprob(params), batch), adv, batch.mask
 
     return ratio_fn
 
 
 def simulate_group(
     spec: MethodSpec,
-    logprob_fn: Callable[[Any, jax.Array], jax.Array],
+    logprob_fn: LogprobFn,
     params: Any,
     batch: jgrpo.GroupBatch,
     optimizer: optax.GradientTransformation,
     num_steps: int,
     *,
+    prompt: ArrayLike | None = None,
     opt_state: Any = None,
     extra_args_fn: Callable[[jax.Array, jax.Array, Any], dict] | None = None,
 ) -> InnerTrajectory:
@@ -779,16 +804,21 @@ def simulate_group(
     Jit: ``spec``, ``logprob_fn``, ``optimizer`` and ``num_steps`` are Python objects and
     ``params``, ``batch``, ``opt_state`` pytrees of arrays, so close over the former::
 
-        run = jax.jit(lambda params, batch: simulate_group(spec, logprob_fn, params, batch, opt, 8))
+        run = jax.jit(lambda params, batch, prompt: simulate_group(spec, logprob_fn, params, batch, opt, 8,
+                                                                   prompt=prompt))
 
-    (one compile per set of shapes; a new ``logprob_fn`` object — e.g. a new
-    ``functools.partial`` — is a new program).
+    (one compile per set of shapes; pass the prompt as an array argument, not bound into a new
+    ``logprob_fn`` object, which would be a new program).
 
     Args:
       spec: the method (static).
-      logprob_fn: ``(params, tokens) -> logp`` (bind the prompt with functools.partial).
+      logprob_fn: ``(params, tokens [..., G, T], prompt) -> logp [..., G, T]``, the :mod:`jgrpo.policies`
+        protocol (``jgrpo.models.logprob_fn(model_fn)``, ``jgrpo.nnx_logprob_fn(graphdef)``,
+        ``jgrpo.policies.tabular_logprob``).
       params: starting policy parameters; ``batch.logp_old`` should be their log-probs.
       batch: a GroupBatch with ``tokens``.
+      prompt: ``[..., P]`` prompts passed to ``logprob_fn`` (or a pytree such as ``jgrpo.models.Prompt(ids, mask)``
+        for left-padded prompts); None, the default, for a policy that ignores them.
       optimizer: any optax chain; extra-args transformations get ``extra_args_fn``'s output.
       num_steps: μ (static int).
       opt_state: optional starting state (e.g. vmapped inject_hyperparams state for sweeps).
@@ -804,9 +834,9 @@ def simulate_group(
     """
     if batch.tokens is None:
         raise ValueError("simulate_group needs batch.tokens to re-evaluate the policy")
-    loss_fn = grpo_loss_fn(spec, logprob_fn, batch)
+    loss_fn = grpo_loss_fn(spec, logprob_fn, batch, prompt=prompt)
     if extra_args_fn is None:
-        ratio_fn = group_ratio_fn(logprob_fn, batch, jgrpo.advantages(spec, batch))
+        ratio_fn = group_ratio_fn(logprob_fn, batch, jgrpo.advantages(spec, batch), prompt=prompt)
 
         def extra_args_fn(step, loss, aux):
             return {"new_batch": step == 0, "clip_fraction": aux["clip_fraction"], "ratio_fn": ratio_fn}

@@ -48,7 +48,7 @@ Note:
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -60,6 +60,7 @@ from jgrpo._validate import check_bool, check_min_rank, check_shape, check_stati
 from jgrpo.batch import value_problems
 from jgrpo.methods import CispoClip, MethodSpec, Objective, Regularizer
 from jgrpo.objective import validate
+from jgrpo.policies import LogprobFn
 from jgrpo.regularizers import regularizer_terms
 from jgrpo.weights import policy_weights
 
@@ -71,6 +72,7 @@ __all__ = [
     "cumulative_weights",
     "effective_weights",
     "first_step_objective",
+    "policy_snis_gain",
     "snis_gain",
     "surrogate_vs_improvement",
 ]
@@ -382,3 +384,44 @@ def snis_gain(
     logp, logp_old, rewards, mask = (jnp.asarray(x) for x in (logp, logp_old, rewards, mask))
     _check_snis(logp, logp_old, rewards, mask)
     return _snis(logp, logp_old, rewards, mask, normalize)
+
+
+def policy_snis_gain(
+    logprob_fn: LogprobFn,
+    params: Any,
+    held_out: jgrpo.GroupBatch,
+    *,
+    prompt: ArrayLike | None = None,
+    normalize: bool = True,
+) -> SnisGain:
+    """:func:`snis_gain` of the policy ``params`` on held-out completions, through the policy protocol.
+
+    ``snis_gain(logprob_fn(params, held_out.tokens, prompt), held_out.logp_old, held_out.rewards,
+    held_out.mask)``: the log-probabilities of the updated policy come from the same
+    ``logprob_fn(params, tokens [..., N, T], prompt) -> logp`` as every analysis
+    (:mod:`jgrpo.policies`: ``jgrpo.models.logprob_fn(model_fn)``, ``jgrpo.nnx_logprob_fn(graphdef)``,
+    ``jgrpo.policies.tabular_logprob``).
+
+    Args:
+      logprob_fn: the policy's log-probability function.
+      params: the updated parameters θ.
+      held_out: a :class:`jgrpo.GroupBatch` of fresh completions of π_old (``tokens``, ``mask``,
+        ``logp_old`` of π_old, ``rewards`` ``[..., N]``), not the batch the update trained on.
+      prompt: ``[..., P]`` prompts of the held-out completions (None for a policy that ignores them).
+      normalize: as in :func:`snis_gain`.
+
+    Raises:
+      ValueError: ``held_out.tokens`` missing, a ``logp`` not shaped like the tokens, and :func:`snis_gain`'s.
+    """
+    if not isinstance(held_out, jgrpo.GroupBatch):
+        raise TypeError(f"held_out must be a jgrpo.GroupBatch, got {type(held_out).__name__}")
+    if held_out.tokens is None:
+        raise ValueError("policy_snis_gain needs held_out.tokens to evaluate the policy")
+    tokens = jnp.asarray(held_out.tokens)
+    logp = logprob_fn(params, tokens, jax.tree.map(jnp.asarray, prompt))
+    if jnp.shape(logp) != tokens.shape:
+        raise ValueError(
+            f"logprob_fn(params, tokens, prompt) must return logp shaped like held_out.tokens {tuple(tokens.shape)}, "
+            f"got {tuple(jnp.shape(logp))}"
+        )
+    return snis_gain(logp, held_out.logp_old, held_out.rewards, held_out.mask, normalize=normalize)

@@ -61,7 +61,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -74,6 +73,7 @@ import jgrpo
 from jgrpo._validate import check_bool, check_static_int, is_concrete
 from jgrpo.methods import FNorm, MethodSpec, Regularizer, Scale
 from jgrpo.objective import objective_parts, objective_per_prompt
+from jgrpo.policies import LogprobFn
 
 __all__ = [
     "Deviation",
@@ -302,8 +302,8 @@ def random_permutations(
 
 
 def permute_batch(
-    batch: jgrpo.GroupBatch, prompt: ArrayLike, perm_b: ArrayLike, perm_g: ArrayLike
-) -> tuple[jgrpo.GroupBatch, jax.Array]:
+    batch: jgrpo.GroupBatch, prompt: ArrayLike | None, perm_b: ArrayLike, perm_g: ArrayLike
+) -> tuple[jgrpo.GroupBatch, jax.Array | None]:
     """The batch with prompts reordered by ``perm_b`` [B] and the completions of each by ``perm_g`` [B, G].
 
     Position (b, g) of the result holds completion ``perm_g[b, g]`` of prompt
@@ -317,7 +317,8 @@ def permute_batch(
     def move(x):
         return jnp.asarray(x)[perm_b[:, None], perm_g]
 
-    return jax.tree.map(move, batch), jnp.asarray(prompt)[perm_b]  # None fields stay None
+    moved_prompt = jax.tree.map(lambda x: jnp.asarray(x)[perm_b], prompt)
+    return jax.tree.map(move, batch), moved_prompt  # None fields (and a None prompt) stay None
 
 
 # ----------------------------------------------------------------------------- the inner loops
@@ -451,7 +452,7 @@ def _deviation_core(spec, logprob_fn, params, batch, prompt, phis, perm_b, perm_
         return jnp.broadcast_to(x[:, None, None], (d, r, n, *x.shape[1:])).reshape((-1, *x.shape[1:]))
 
     batches = jax.tree.map(flat_dn, batches)
-    prompts = flat_dn(prompts)
+    prompts = jax.tree.map(flat_dn, prompts)  # None stays None
     hyper_m = None if hypers is None else jax.tree.map(flat_r, hypers)
     beta_m = flat_r(betas)
     params_m = jax.tree.map(flat_d, params)
@@ -542,6 +543,17 @@ def _check_common(phis, num_steps, batch, optimizer, hyper, ulp_floor):
     return phis_arr
 
 
+def _check_prompt(prompt: Any, lead: tuple[int, ...], what: str) -> None:
+    """``prompt`` is None or has the leading dims ``lead`` (one prompt per group)."""
+    for leaf in jax.tree.leaves(prompt):  # an array, a pytree of arrays (jgrpo.models.Prompt) or None
+        shape = tuple(np.shape(leaf))
+        if shape[: len(lead)] != lead:
+            raise ValueError(
+                f"prompt must have shape {what} (one prompt per group of the batch, leading dims {lead}), got "
+                f"{shape}; pass prompt=None for a policy that ignores the prompt"
+            )
+
+
 def _check_perms(permutations, lead: tuple[int, ...], b: int, g: int, what: str):
     """Returns int32 (perm_b [*lead, P, B], perm_g [*lead, P, B, G]); P = 0 when ``permutations`` is None."""
     if permutations is None:
@@ -565,12 +577,12 @@ def _check_perms(permutations, lead: tuple[int, ...], b: int, g: int, what: str)
 
 def trajectory_deviation(
     spec: MethodSpec,
-    logprob_fn: Callable[[Any, jax.Array, Any], jax.Array],
+    logprob_fn: LogprobFn,
     params: Any,
     batch: jgrpo.GroupBatch,
-    prompt: ArrayLike,
     phis: ArrayLike,
     *,
+    prompt: ArrayLike | None = None,
     num_steps: int,
     optimizer: str | optax.GradientTransformation = "adamw",
     hyper: OptimizerHyper | None = None,
@@ -599,13 +611,16 @@ def trajectory_deviation(
 
     Args:
       spec: the method (static).
-      logprob_fn: ``(params, tokens [B, G, T], prompt) -> logp [B, G, T]``
-        (``jgrpo.policies``' protocol; static, so pass the same function object).
+      logprob_fn: ``(params, tokens [B, G, T], prompt [B, ...] | None) -> logp [B, G, T]``
+        (``jgrpo.policies``' protocol: ``jgrpo.models.logprob_fn(model_fn)``, ``jgrpo.nnx_logprob_fn(graphdef)``,
+        ``jgrpo.policies.tabular_logprob``; static, so pass the same function object).
       params: the starting parameters θ_0 (pytree).
       batch: :class:`jgrpo.GroupBatch` ``[B, G, T]`` with ``tokens``; with
         ``logp_ref`` for a KL regularizer and ``entropy`` for GTPO's.
-      prompt: ``[B, ...]`` prompt ids passed to ``logprob_fn``.
       phis: ``[K]`` reward scales φ > 0.
+      prompt: ``[B, ...]`` prompt ids passed to ``logprob_fn`` (they move with their group when a
+        batch is reordered), or a pytree of such arrays (``jgrpo.models.Prompt(ids, mask)`` for
+        left-padded prompts); None (the default) for a policy that ignores the prompt.
       num_steps: μ ≥ 1, a Python int.
       optimizer: ``"adamw"`` or ``"sgd"`` built from ``hyper`` (see
         :func:`make_optimizer`), or any optax transformation (then ``hyper``
@@ -634,6 +649,7 @@ def trajectory_deviation(
     if len(batch.shape) != 3:
         raise ValueError(f"batch must have shape [B, G, T] (mask of rank 3), got mask shape {batch.shape}")
     b, g, _ = batch.shape
+    _check_prompt(prompt, (b,), "[B, ...]")
     perm_b, perm_g = _check_perms(permutations, (), b, g, "")
     if isinstance(optimizer, str) and hyper is None:
         hyper = OptimizerHyper()
@@ -643,7 +659,7 @@ def trajectory_deviation(
         logprob_fn,
         jax.tree.map(lambda x: jnp.asarray(x)[None], params),
         jax.tree.map(lambda x: jnp.asarray(x)[None], batch),
-        jnp.asarray(prompt)[None],
+        jax.tree.map(lambda x: jnp.asarray(x)[None], prompt),
         phis_arr,
         perm_b[None],
         perm_g[None],
@@ -660,12 +676,12 @@ def trajectory_deviation(
 
 def deviation_grid(
     spec: MethodSpec,
-    logprob_fn: Callable[[Any, jax.Array, Any], jax.Array],
+    logprob_fn: LogprobFn,
     params: Any,
     batch: jgrpo.GroupBatch,
-    prompt: ArrayLike,
     phis: ArrayLike,
     *,
+    prompt: ArrayLike | None = None,
     num_steps: int,
     optimizer: str,
     hypers: OptimizerHyper,
@@ -686,8 +702,8 @@ def deviation_grid(
       spec, logprob_fn, num_steps, ulp_floor, recompute_logp_old: as in :func:`trajectory_deviation`.
       params: θ_0 with a leading ``[D]`` on every leaf.
       batch: :class:`jgrpo.GroupBatch` ``[D, B, G, T]`` (rewards ``[D, B, G]``).
-      prompt: ``[D, B, ...]``.
       phis: ``[K]`` reward scales, shared by every data set and setting.
+      prompt: ``[D, B, ...]``, or None for a policy that ignores the prompt.
       optimizer: ``"adamw"`` or ``"sgd"`` (static).
       hypers: :class:`OptimizerHyper` whose fields are ``[R]`` (scalars broadcast).
       betas: ``[R]`` β per setting (the regularizer of ``spec`` switched on, see :func:`scaled_loss`).
@@ -709,6 +725,7 @@ def deviation_grid(
     if len(batch.shape) != 4:
         raise ValueError(f"batch must have shape [D, B, G, T] (mask of rank 4), got mask shape {batch.shape}")
     d, b, g, _ = batch.shape
+    _check_prompt(prompt, (d, b), "[D, B, ...]")
     betas_arr = jnp.asarray(betas, jnp.float32)
     if betas_arr.ndim != 1:
         raise ValueError(f"betas must have shape [R], got shape {tuple(betas_arr.shape)}")

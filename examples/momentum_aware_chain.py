@@ -64,8 +64,9 @@ def main(
     batch = jgrpo.GroupBatch(mask=mask, logp_old=tabular_logprob(params, tokens), rewards=rewards, tokens=tokens)
     spec = jgrpo.methods.get("dapo", eps_low=EPS_LOW, eps_high=EPS_HIGH)
 
-    def logprob_fn(p, tokens):
-        return tabular_logprob(p, tokens)
+    # The policy protocol of jgrpo.policies: logprob_fn(params, tokens, prompt) -> logp. The tabular policy
+    # ignores the prompt, so no prompt= is passed below (a model_fn policy gets prompt=prompt).
+    logprob_fn = tabular_logprob
 
     learning_rates = jnp.asarray([0.03, 0.1, 0.3], jnp.float32)
     out = {"learning_rates": np.asarray(learning_rates).tolist()}

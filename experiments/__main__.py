@@ -12,7 +12,7 @@ import time
 import traceback
 from pathlib import Path
 
-from experiments import DESCRIPTIONS, REGISTRY
+from experiments import DESCRIPTIONS, MODEL_EXPERIMENTS, NO_MODEL_REASON, REGISTRY
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,6 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="base random seed (default 0)")
     run.add_argument(
         "--devices", type=int, default=None, help="on CPU: number of virtual devices for the data-parallel mesh"
+    )
+    run.add_argument(
+        "--model",
+        default=None,
+        metavar="PATH",
+        help="a local Hugging Face checkpoint directory (Qwen2/2.5, Qwen3, Llama 3: config.json, safetensors, "
+        "tokenizer.json) replacing the tiny transformer in the experiments that use a model "
+        f"({', '.join(MODEL_EXPERIMENTS)}); with 'all', only those run",
     )
     run.add_argument(
         "--resume",
@@ -123,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"error: --out {out}: {problem}", file=sys.stderr)
         return 2
+    if args.model is not None:
+        names, problem = _model_names(args.name, names, args.model)
+        if problem:
+            print(f"error: --model: {problem}", file=sys.stderr)
+            return 2
     if args.devices is not None:
         if args.devices < 1:
             print(f"error: --devices must be >= 1, got {args.devices}", file=sys.stderr)
@@ -148,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                 progress.update(task, completed=min(max(frac, 0.0), 1.0), msg=msg)
 
             _recover(out, name)
-            ctx = Context(scale=args.scale, out=out / name, seed=args.seed, progress=report)
+            ctx = Context(scale=args.scale, out=out / name, seed=args.seed, progress=report, model=args.model)
             if args.resume and _complete(ctx):
                 report(1.0, "done earlier (--resume)")
                 continue
@@ -169,6 +182,29 @@ def main(argv: list[str] | None = None) -> int:
     _summary(outcomes, timings, failures)
     print(f"report: {out / 'report.md'}")
     return 1 if failures else 0
+
+
+def _model_names(requested: str, names: list[str], model: str) -> tuple[list[str], str | None]:
+    """The experiments to run with ``--model`` and why not (None when fine), checked before any compute."""
+    from experiments.shared.checkpoint import check_path
+
+    problem = check_path(model)
+    if problem:
+        return names, problem
+    if requested == "all":
+        skipped = [n for n in names if n not in MODEL_EXPERIMENTS]
+        if skipped:
+            print(f"--model: running {', '.join(n for n in names if n in MODEL_EXPERIMENTS)}; skipping "
+                  f"{', '.join(skipped)} (tabular-policy experiments)", file=sys.stderr)  # fmt: skip
+        return [n for n in names if n in MODEL_EXPERIMENTS], None
+    bad = [n for n in names if n not in MODEL_EXPERIMENTS]
+    if bad:
+        n = bad[0]
+        return names, (
+            f"experiment {n!r} does not take a checkpoint: {NO_MODEL_REASON.get(n, 'it runs on a tabular policy')}. "
+            f"Experiments that do: {', '.join(MODEL_EXPERIMENTS)}"
+        )
+    return names, None
 
 
 def _check_out(out: Path) -> str | None:
@@ -196,6 +232,7 @@ def _complete(ctx) -> bool:
     return (
         res.get("scale") == ctx.scale
         and res.get("seed") == ctx.seed
+        and res.get("model") == ctx.model
         and (ctx.out / "table.md").exists()
         and (not figure or (ctx.out / figure).exists())
     )

@@ -25,12 +25,15 @@ class Context:
       out: the experiment's own output folder.
       seed: base seed; every random draw derives from it.
       progress: ``progress(fraction_done, message)`` callback for the CLI's bar.
+      model: a Hugging Face checkpoint directory (``--model PATH``) replacing the tiny transformer
+        in the experiments that use a model (``experiments.MODEL_EXPERIMENTS``); None: the default policies.
     """
 
     scale: str
     out: Path
     seed: int = 0
     progress: Callable[[float, str], None] = lambda frac, msg: None
+    model: str | None = None
 
     @property
     def quick(self) -> bool:
@@ -236,6 +239,8 @@ def finish(ctx: Context, name: str, title: str, result: dict, table: str, claims
         if not isinstance(c, Claim):
             raise TypeError(f"claims must be experiments.common.Claim objects, got {type(c).__name__}: {c!r}")
     lines = [f"## {title}", ""]
+    if ctx.model:
+        lines += [f"Policy: the checkpoint `{ctx.model}` (`--model`).", ""]
     if figure:
         lines += [f"![{name}]({figure})", ""]
     lines += [table, ""]
@@ -251,6 +256,7 @@ def finish(ctx: Context, name: str, title: str, result: dict, table: str, claims
             "title": title,
             "scale": ctx.scale,
             "seed": ctx.seed,
+            "model": ctx.model,
             "figure": figure,
             **result,
             "claims": [c.to_json() for c in claims],

@@ -81,6 +81,24 @@ def check_adam(b1: Any, b2: Any, eps: Any = 0.0, eps_root: Any = 0.0, *, b2_zero
     check_number("eps_root", eps_root, lo=0.0)
 
 
+def check_int(owner: str, name: str, value: Any, low: int) -> int:
+    """``value`` when it is a Python/NumPy int (not a bool) >= ``low``; else ValueError naming ``owner.name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{owner}.{name} must be an int >= {low}, got {value!r}")
+    return int(value)
+
+
+def check_float(owner: str, name: str, value: Any, ok: bool, what: str) -> None:
+    """ValueError naming ``owner.name`` unless ``value`` is a non-NaN Python number (not a bool) and ``ok``."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.integer, np.floating))
+        or value != value
+        or not ok
+    ):
+        raise ValueError(f"{owner}.{name} must be {what}, got {value!r}")
+
+
 def check_static_int(name: str, value: Any, *, low: int, high: int | None = None) -> int:
     """``value`` as an int when it is a Python/NumPy int (not a bool) in [low, high]; else ValueError."""
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
@@ -104,9 +122,12 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
     return value
 
 
-def check_shape(name: str, x: Any, shape: Sequence[int], dims: str) -> None:
-    """``chex.assert_shape`` with a ValueError such as ``mask must have shape [G, T] = (4, 8), got (4,)``."""
-    message = f"{name} must have shape {dims} = {shape_str(shape)}, got {shape_str(np.shape(x))}"
+def check_shape(name: str, x: Any, shape: Sequence[int], dims: str, *, note: str = "") -> None:
+    """``chex.assert_shape`` with a ValueError such as ``mask must have shape [G, T] = (4, 8), got (4,)``.
+
+    ``note`` follows the expected shape (e.g. ``" like mask"``).
+    """
+    message = f"{name} must have shape {dims} = {shape_str(shape)}{note}, got {shape_str(np.shape(x))}"
     try:
         chex.assert_shape(x, tuple(shape), custom_message=message)
     except AssertionError:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 from jax.typing import ArrayLike
+
+from jgrpo._validate import check_shape, is_concrete, shape_str
 
 _FIELDS = ("mask", "logp_old", "rewards", "logp_ref", "tokens", "entropy", "advantages")
 
@@ -75,19 +76,9 @@ class GroupBatch:
         return dataclasses.replace(self, **fields)
 
 
-def _is_concrete(x: Any) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
-def _shape_str(shape: tuple[int, ...]) -> str:
-    return str(tuple(int(s) for s in shape))
-
-
-def _assert_shape(arr: Any, shape: tuple[int, ...], message: str) -> None:
-    try:
-        chex.assert_shape(arr, shape, custom_message=message)
-    except AssertionError:
-        raise ValueError(message) from None
+# The small input checks are jgrpo._validate's (one copy for jgrpo and analysis).
+_is_concrete = is_concrete
+_shape_str = shape_str
 
 
 def logp_tolerance(dtype: Any) -> float:
@@ -130,8 +121,7 @@ def check_inputs(
         if getattr(batch, opt) is not None:
             arrays[opt] = getattr(batch, opt)
     for name, arr in arrays.items():
-        shape = tuple(np.shape(arr))
-        _assert_shape(arr, mask_shape, f"{name} must have shape {dims} = {expected} like mask, got {_shape_str(shape)}")
+        check_shape(name, arr, mask_shape, dims, note=" like mask")
     for name in ("logp", "logp_old", "logp_ref", "entropy"):
         if name in arrays and not jnp.issubdtype(jnp.result_type(arrays[name]), jnp.floating):
             raise TypeError(f"{name} must be a floating-point array, got dtype {jnp.result_type(arrays[name])}")

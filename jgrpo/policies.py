@@ -6,10 +6,22 @@ Every policy in jgrpo is used through one pure function::
 
     logprob_fn(params, tokens, prompt) -> logp
 
-* ``prompt``: ``[..., P]`` int, the prompt token ids (one prompt per group).
+* ``prompt``: ``[..., P]`` int, the prompt token ids (one prompt per group); None for a
+  policy that ignores the prompt (the tabular ones), or a pytree of ``[..., ...]`` arrays
+  such as ``jgrpo.models.Prompt(ids, mask)`` for left-padded prompts.
 * ``tokens``: ``[..., G, T]`` int, the G completions of each prompt.
 * ``logp``: ``[..., G, T]`` float32, ``log pi_theta(y_t | prompt, y_<t)`` of every
   completion token (padding positions included; mask them downstream).
+
+Every analysis takes the policy this way and the prompt as a keyword next to the batch,
+``prompt=`` (None by default): ``analysis.overshoot.simulate_group(spec, logprob_fn, params,
+batch, opt, mu, prompt=prompt)``, ``grpo_loss_fn`` / ``group_ratio_fn``,
+``analysis.reward_scale.trajectory_deviation`` / ``deviation_grid`` (the prompt moves with its
+group when a batch is reordered), ``analysis.proxy.policy_snis_gain``, and
+``analysis.prefix.decompose``. Build it from any Hugging Face ``model_fn`` with
+``jgrpo.models.logprob_fn(model_fn)``, from the NNX transformer with ``jgrpo.nnx_logprob_fn(graphdef)``;
+the tabular policies (``tabular_logprob``, ``tabular_prompt_logprob``, ``tree_logprob``) are
+such functions already.
 
 ``params`` is an explicit pytree, so ``jax.grad`` of any function of ``logp`` with
 respect to ``params`` is the exact policy gradient of that function. The optional
@@ -63,6 +75,7 @@ import numpy as np
 from flax import nnx
 from jax.typing import ArrayLike
 
+from jgrpo import _scores
 from jgrpo._validate import check_ids, check_int_array, is_concrete, shape_str
 
 __all__ = [
@@ -117,24 +130,10 @@ _check_int = check_int_array  # (name, x, *, min_rank, dims) -> shape; TypeError
 _check_range = check_ids  # (name, x, vocab): 0 <= x < vocab when concrete
 
 
-def _entropy(logp_v: jax.Array) -> jax.Array:
-    """Entropy of the distributions ``[..., V]`` given as log-probabilities; 0 log 0 = 0."""
-    p = jnp.exp(logp_v)
-    return -jnp.sum(jnp.where(p > 0, p * logp_v, 0.0), axis=-1)
-
-
-def _log_softmax32(logits_V: jax.Array) -> jax.Array:
-    """``log softmax`` over the last axis, in float32 (whatever the compute dtype)."""
-    return jax.nn.log_softmax(logits_V.astype(jnp.float32), axis=-1)
-
-
-def _token_logp_and_entropy(logp_V: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(log pi(y_t), H(pi(.)))`` ``[...]`` from next-token log-probabilities ``[..., V]`` and token ids ``[...]``.
-
-    The one log-softmax-gather and entropy of every policy here (tabular, prefix tree, NNX transformer).
-    """
-    logp = jnp.take_along_axis(logp_V, tokens[..., None], axis=-1)[..., 0]
-    return logp, _entropy(logp_V)
+# The one log-softmax-gather and entropy of jgrpo (jgrpo._scores), under the names used below.
+_entropy = _scores.entropy
+_log_softmax32 = _scores.log_softmax32
+_token_logp_and_entropy = _scores.token_logp_and_entropy
 
 
 # ----------------------------------------------------------------------------- tabular policy

@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jgrpo import _scores
+from jgrpo._validate import check_static_int, is_concrete, shape_str
 from jgrpo.batch import GroupBatch
 
 __all__ = ["Samples", "sample"]
@@ -74,18 +76,10 @@ class Samples(NamedTuple):
         )
 
 
-def _shape_str(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(str(s) for s in shape) + ")"
-
-
-def _is_concrete(x: Any) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
-def _check_static_int(name: str, value: Any, *, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return int(value)
+# The small input checks are jgrpo._validate's (one copy for jgrpo and analysis).
+_shape_str = shape_str
+_is_concrete = is_concrete
+_check_static_int = check_static_int
 
 
 def _is_decoder(policy: Any) -> bool:
@@ -211,7 +205,7 @@ def _draw(logits_NV: jax.Array, key: jax.Array, temperature: jax.Array, top_p: j
     """One token per row: ``(token, logp_old, logp_sample, entropy)``, all ``[N]`` (see :class:`Samples`)."""
     logits_NV = logits_NV.astype(jnp.float32)
     greedy = temperature <= 0
-    logp_NV = jax.nn.log_softmax(logits_NV, axis=-1)
+    logp_NV = _scores.log_softmax32(logits_NV)
     scaled = logits_NV / jnp.where(greedy, 1.0, temperature)
     # Nucleus: keep the tokens whose exclusive cumulative probability (sorted descending) is < top_p.
     sorted_desc = -jnp.sort(-scaled, axis=-1)
@@ -222,10 +216,8 @@ def _draw(logits_NV: jax.Array, key: jax.Array, temperature: jax.Array, top_p: j
     logp_temp_NV = jax.nn.log_softmax(jnp.where(keep, scaled, -jnp.inf), axis=-1)
     drawn = jax.random.categorical(key, logp_temp_NV, axis=-1)
     tok = jnp.where(greedy, jnp.argmax(logits_NV, axis=-1), drawn).astype(jnp.int32)
-    logp_tok = jnp.take_along_axis(logp_NV, tok[:, None], axis=-1)[:, 0]
-    logp_s = jnp.where(greedy, 0.0, jnp.take_along_axis(logp_temp_NV, tok[:, None], axis=-1)[:, 0])
-    p_NV = jnp.exp(logp_NV)
-    ent = -jnp.sum(jnp.where(p_NV > 0, p_NV * logp_NV, 0.0), axis=-1)
+    logp_tok, ent = _scores.token_logp_and_entropy(logp_NV, tok)
+    logp_s = jnp.where(greedy, 0.0, _scores.gather(logp_temp_NV, tok))
     return tok, logp_tok, logp_s, ent
 
 

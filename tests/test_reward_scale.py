@@ -93,7 +93,7 @@ def grids(data):
     out = {}
     for name in ("dr_grpo", "grpo"):
         d = rs.deviation_grid(
-            jgrpo.methods.get(name), TAB, params, batch, prompt, PHIS,
+            jgrpo.methods.get(name), TAB, params, batch, PHIS, prompt=prompt,
             num_steps=STEPS, optimizer="adamw_or_sgd", hypers=hyper, betas=betas, permutations=perms,
         )  # fmt: skip
         out[name] = jax.tree.map(np.asarray, d)
@@ -364,7 +364,7 @@ def test_one_compile_serves_every_sweep(data, grids):
     hyper, betas = _hypers()
     rng = np.random.default_rng(7)
     other = rs.OptimizerHyper(*(np.asarray(x) * rng.uniform(0.5, 2, size=len(ROWS)).astype(np.float32) for x in hyper))
-    rs.deviation_grid(jgrpo.methods.get("grpo"), TAB, params, batch, prompt, PHIS[::-1] * 3, num_steps=STEPS,
+    rs.deviation_grid(jgrpo.methods.get("grpo"), TAB, params, batch, PHIS[::-1] * 3, prompt=prompt, num_steps=STEPS,
                       optimizer="adamw_or_sgd", hypers=other, betas=betas * 2, permutations=perms)  # fmt: skip
     assert rs._deviation_grid._cache_size() == size
 
@@ -412,7 +412,7 @@ def test_bf16_parameters_keep_powers_of_two_exact(data):
     p0 = jax.tree.map(lambda x: jnp.asarray(x[0], jnp.bfloat16), params)
     b0 = jax.tree.map(lambda x: x[0], batch)
     d = rs.trajectory_deviation(
-        jgrpo.methods.get("dr_grpo"), TAB, p0, b0, prompt[0], PHIS, num_steps=STEPS,
+        jgrpo.methods.get("dr_grpo"), TAB, p0, b0, PHIS, prompt=prompt[0], num_steps=STEPS,
         hyper=rs.OptimizerHyper(eps=LIMIT), beta=0.0, permutations=(perms[0][0], perms[1][0]),
     )  # fmt: skip
     assert np.all(np.isfinite(np.asarray(d.max_rel_param_dev))) and float(d.displacement[-1]) > 0.05
@@ -473,7 +473,7 @@ def test_bad_input(data):
     spec = jgrpo.methods.get("grpo")
 
     def call(phis=PHIS, **kw):
-        return rs.trajectory_deviation(spec, TAB, p0, kw.pop("batch", b0), pr0, phis, **{"num_steps": 2, **kw})
+        return rs.trajectory_deviation(spec, TAB, p0, kw.pop("batch", b0), phis, prompt=pr0, **{"num_steps": 2, **kw})
 
     with pytest.raises(ValueError, match=r"phis must have shape \[K\]"):
         call(PHIS[None])
@@ -501,10 +501,10 @@ def test_bad_input(data):
         call(permutations=[perms[0][0], perms[1][0]])
     grid = dict(num_steps=2, optimizer="adamw_or_sgd", hypers=rs.OptimizerHyper(eps=np.ones(3)), betas=np.zeros(2))
     with pytest.raises(ValueError, match=r"every field of hypers must broadcast to \[R\]"):
-        rs.deviation_grid(spec, TAB, params, batch, prompt, PHIS, **grid)
+        rs.deviation_grid(spec, TAB, params, batch, PHIS, prompt=prompt, **grid)
     with pytest.raises(ValueError, match=r"betas must have shape \[R\]"):
-        rs.deviation_grid(spec, TAB, params, batch, prompt, PHIS, **{**grid, "betas": np.zeros((2, 2))})
+        rs.deviation_grid(spec, TAB, params, batch, PHIS, prompt=prompt, **{**grid, "betas": np.zeros((2, 2))})
     with pytest.raises(ValueError, match=r"batch must have shape \[D, B, G, T\]"):
-        rs.deviation_grid(spec, TAB, p0, b0, pr0, PHIS, **{**grid, "hypers": rs.OptimizerHyper()})
+        rs.deviation_grid(spec, TAB, p0, b0, PHIS, prompt=pr0, **{**grid, "hypers": rs.OptimizerHyper()})
     with pytest.raises(ValueError, match="deviation_grid needs optimizer"):
-        rs.deviation_grid(spec, TAB, params, batch, prompt, PHIS, **{**grid, "optimizer": optax.sgd(0.1)})
+        rs.deviation_grid(spec, TAB, params, batch, PHIS, prompt=prompt, **{**grid, "optimizer": optax.sgd(0.1)})

@@ -15,6 +15,7 @@ import numpy as np
 import optax
 import pytest
 
+from experiments.shared.metrics import prefix_metrics
 from jgrpo import methods, policies, tasks
 from jgrpo import train as jtrain
 from tests.test_tasks import COMPILE_OPTIONS as FAST
@@ -58,12 +59,9 @@ EXPECTED_METRICS = {
     "escape_frac_high",
     "escape_frac_low",
     "escape_max",
-    "shared_all_frac",
-    "wagg_shared_all_abs",
-    "wagg_shared_all_mean",
-    "wagg_shared_abs",
-    "coef_abs_mean",
 }
+# Added by the Prop. 1 metrics hook (experiments.shared.metrics.prefix_metrics; jgrpo never imports analysis).
+PREFIX_METRICS = {"shared_all_frac", "wagg_shared_all_abs", "wagg_shared_all_mean", "wagg_shared_abs", "coef_abs_mean"}
 # NaN when the batch has no such completion / node (documented).
 MAYBE_NAN = {"length_correct", "length_incorrect", "wagg_shared_all_abs", "wagg_shared_all_mean"}
 
@@ -85,7 +83,9 @@ def _probe_logp(result: jtrain.TrainResult) -> np.ndarray:
 def full_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("full")
     seen = []
-    result = jtrain.train(CONFIG, out, on_step=lambda s, m: seen.append(s), compiler_options=FAST)
+    result = jtrain.train(
+        CONFIG, out, on_step=lambda s, m: seen.append(s), compiler_options=FAST, metrics_fn=prefix_metrics
+    )
     assert seen == [0, 1, 2, 3]
     return out, result
 
@@ -207,7 +207,7 @@ def test_training_steps_give_finite_metrics(full_run):
     _, result = full_run
     assert result.step == 4 and len(result.history) == 4
     for s, metrics in enumerate(result.history):
-        assert set(metrics) == EXPECTED_METRICS
+        assert set(metrics) == EXPECTED_METRICS | PREFIX_METRICS
         for k, v in metrics.items():
             assert isinstance(v, float)
             assert math.isfinite(v) or k in MAYBE_NAN, (s, k, v)
@@ -238,12 +238,14 @@ def test_kill_and_resume_matches_uninterrupted_run(full_run, tmp_path):
             raise Killed
 
     with pytest.raises(Killed):
-        jtrain.train(CONFIG, tmp_path, on_step=kill_at_2, compiler_options=FAST)
+        jtrain.train(CONFIG, tmp_path, on_step=kill_at_2, compiler_options=FAST, metrics_fn=prefix_metrics)
     saved = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
     assert saved == [2]
 
     resumed_steps = []
-    result = jtrain.train(CONFIG, tmp_path, on_step=lambda s, m: resumed_steps.append(s), compiler_options=FAST)
+    result = jtrain.train(
+        CONFIG, tmp_path, on_step=lambda s, m: resumed_steps.append(s), compiler_options=FAST, metrics_fn=prefix_metrics
+    )
     assert resumed_steps == [2, 3] and result.step == 4
     for a, b in zip(jax.tree.leaves(result.params), jax.tree.leaves(full.params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -277,7 +279,7 @@ _EIGHT_DEVICES = textwrap.dedent(
     except ValueError as e:
         assert "must be divisible by the number of devices" in str(e), e
     mesh = jtrain.make_mesh(data=2, fsdp=4)
-    result = jtrain.train(t.CONFIG, mesh=mesh, compiler_options=t.FAST)
+    result = jtrain.train(t.CONFIG, mesh=mesh, compiler_options=t.FAST, metrics_fn=t.prefix_metrics)
     shardings = [x.sharding for x in jax.tree.leaves(result.params) + jax.tree.leaves(result.opt_state)]
     assert all(sh.mesh.size == 8 for sh in shardings)
     split = [sh for sh in shardings if "fsdp" in sh.spec]
@@ -362,7 +364,7 @@ def test_eight_virtual_devices_match_one_device(full_run):
     other = json.loads(proc.stdout)
     assert len(other["history"]) == len(full.history)
     for s, (a, b) in enumerate(zip(full.history, other["history"], strict=True)):
-        for k in EXPECTED_METRICS:
+        for k in EXPECTED_METRICS | PREFIX_METRICS:
             if k in SAMPLE_METRICS:
                 assert _same(a[k], b[k]), (s, k, a[k], b[k])
             elif math.isnan(a[k]):

@@ -81,6 +81,8 @@ reference), ``measure.py`` (both parts, no I/O), ``claims.py`` (the decision rul
 
 from __future__ import annotations
 
+import dataclasses
+
 from experiments.common import Context, Outcome
 from experiments.prefix_bias import claims, measure, report
 from experiments.prefix_bias.config import CONTROL, METHODS, NAME, REQUIRED, Config, _config
@@ -89,8 +91,14 @@ __all__ = ["CONTROL", "METHODS", "NAME", "REQUIRED", "Config", "run"]
 
 
 def run(ctx: Context) -> Outcome:
-    """Runs the experiment at ``ctx.scale`` and writes its results into ``ctx.out``."""
-    return _run(ctx, _config(ctx.scale))
+    """Runs the experiment at ``ctx.scale`` and writes its results into ``ctx.out``.
+
+    With ``ctx.model`` (``--model PATH``) part (A) runs on the checkpoint's Countdown rollouts.
+    """
+    cfg = _config(ctx.scale)
+    if ctx.model is not None:
+        cfg = dataclasses.replace(cfg, verify_policy="checkpoint", model=ctx.model)
+    return _run(ctx, cfg)
 
 
 def _run(ctx: Context, cfg: Config) -> Outcome:

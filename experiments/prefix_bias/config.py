@@ -15,7 +15,10 @@ class Config:
     """Sizes of one run (frozen; :func:`_config` gives the named ones).
 
     Attributes:
-      verify_policy: part (A)'s rollouts: "transformer" (warmed-up, arithmetic task) or "tree".
+      verify_policy: part (A)'s rollouts: "transformer" (warmed-up, arithmetic task), "tree", or
+        "checkpoint" (the Hugging Face checkpoint ``model`` on Countdown prompts, ``--model PATH``).
+      model: the checkpoint directory of ``verify_policy="checkpoint"`` (None otherwise).
+      max_len: completion tokens sampled from a checkpoint.
       verify_presets: part (A)'s presets (None: every ``jgrpo.methods.names()``); must include
         grpo, gspo, dr_grpo and dapo (the float64 checks).
       prompts, group_size: part (A)'s B x G.
@@ -28,6 +31,8 @@ class Config:
     """
 
     verify_policy: str = "transformer"
+    model: str | None = None
+    max_len: int = 64
     verify_presets: tuple[str, ...] | None = None
     prompts: int = 8
     group_size: int = 8
@@ -47,8 +52,14 @@ class Config:
             raise ValueError(f"Config.verify_presets must include {sorted(needed)}, got {self.verify_presets}")
         if not set(REQUIRED) <= set(self.methods) <= set(METHODS):
             raise ValueError(f"Config.methods must contain {REQUIRED} and lie in {METHODS}, got {self.methods}")
-        if self.verify_policy not in ("transformer", "tree"):
-            raise ValueError(f"Config.verify_policy must be 'transformer' or 'tree', got {self.verify_policy!r}")
+        if self.verify_policy not in ("transformer", "tree", "checkpoint"):
+            raise ValueError(
+                f"Config.verify_policy must be 'transformer', 'tree' or 'checkpoint', got {self.verify_policy!r}"
+            )
+        if (self.verify_policy == "checkpoint") != (self.model is not None):
+            raise ValueError(
+                "Config.model (a checkpoint directory) goes with verify_policy='checkpoint' and only with it"
+            )
         if self.vocab < 3:
             raise ValueError(f"Config.vocab must be >= 3 (EOS, the correct answer, a wrong one), got {self.vocab}")
         if not 0 <= self.answer_pos < self.length - 1:

@@ -135,26 +135,38 @@ def verify_specs(cfg: Config):
 
 
 def rollouts(cfg: Config, scale: str, seed: int):
-    """``(batch, logprob_fn, params, source)`` of part (A): the warmed-up transformer's or the prefix-tree policy's."""
+    """``(batch, logprob_fn, params, prompt, source)`` of part (A): the warmed-up transformer's, a checkpoint's
+    (Countdown) or the prefix-tree policy's; ``logprob_fn(params, tokens, prompt)`` is the policy protocol."""
+    if cfg.verify_policy == "checkpoint":
+        import jgrpo.models as M
+        from experiments.shared import checkpoint
+
+        ck = checkpoint.load(cfg.model)
+        r = checkpoint.rollouts(
+            ck, jax.random.key(seed + 101), prompts=cfg.prompts, group_size=cfg.group_size, max_len=cfg.max_len,
+            seed=seed,
+        )  # fmt: skip
+        logprob_fn = M.logprob_fn(ck.model_fn)
+        return r.batch, logprob_fn, ck.params, r.prompt, f"the {ck.description} on Countdown prompts"
     if cfg.verify_policy == "transformer":
         from experiments.shared import policy
 
         graphdef, params, setup = policy.warm_policy(scale, seed)
-        batch, _, logprob_fn = policy.rollouts(
+        batch, prompt, logprob_fn = policy.rollouts(
             graphdef, params, setup, jax.random.key(seed + 101), prompts=cfg.prompts, group_size=cfg.group_size
         )
-        return batch, logprob_fn, params, "the warmed-up tiny transformer on the arithmetic task"
+        return batch, logprob_fn, params, prompt, "the warmed-up tiny transformer on the arithmetic task"
     params = tree_task_policy(seed, cfg, 0.5)
     s = tree_sample(params, jax.random.key(seed + 101), (cfg.prompts, cfg.group_size), max_len=cfg.length, eos_id=EOS)
     batch = jgrpo.GroupBatch(
         mask=s.mask, logp_old=tree_logprob(params, s.tokens), rewards=reward(s.tokens, cfg), tokens=s.tokens
     )
-    return batch, tree_logprob, params, "the prefix-tree policy of part (B) at p = 0.5"
+    return batch, tree_logprob, params, None, "the prefix-tree policy of part (B) at p = 0.5"
 
 
 def part_a(cfg: Config, scale: str, seed: int, progress=lambda f, m: None) -> tuple[dict, dict]:
     """``({preset: W_agg statistics and float64 errors}, rollout statistics)`` (``scale`` picks the warm-up)."""
-    batch, logprob_fn, params, source = rollouts(cfg, scale, seed)
+    batch, logprob_fn, params, prompt, source = rollouts(cfg, scale, seed)
     tokens = jnp.asarray(batch.tokens)
     tree = prefix.prefix_tree(tokens, batch.mask)
     g = batch.mask.shape[-2]
@@ -163,16 +175,16 @@ def part_a(cfg: Config, scale: str, seed: int, progress=lambda f, m: None) -> tu
     named = verify_specs(cfg)
 
     @jax.jit
-    def measure(params, batch):
+    def measure(params, batch, prompt):
         # every preset's exact coefficients, then one vmapped VJP for the total and shared-prefix gradient norms
-        logp, vjp = jax.vjp(lambda p: logprob_fn(p, batch.tokens), params)
+        logp, vjp = jax.vjp(lambda p: logprob_fn(p, batch.tokens, prompt), params)
         coefs = jnp.stack([prefix.coefficients(spec, logp, batch) for _, _, spec in named])
         shared = prefix.prefix_tree(batch.tokens, batch.mask).shared.astype(coefs.dtype)
         cot = jnp.stack([coefs, coefs * shared], axis=1).reshape((-1,) + coefs.shape[1:])
         return coefs, jax.vmap(lambda x: prefix.tree_norm(vjp(x)[0]))(cot)
 
     progress(0.3, "(A) coefficients and vmapped VJP")
-    coefs, norms = measure(params, batch)
+    coefs, norms = measure(params, batch, prompt)
     norms = np.asarray(norms).reshape(len(named), 2)
     rewards = np.asarray(batch.rewards)
     lengths = np.asarray(batch.mask).sum(-1)

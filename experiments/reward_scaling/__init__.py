@@ -47,6 +47,8 @@ rules and their texts, pure), ``report.py`` (tables, figure, notes: the only I/O
 
 from __future__ import annotations
 
+import dataclasses
+
 from experiments.common import Context, Outcome
 from experiments.reward_scaling import claims, measure, report
 from experiments.reward_scaling.config import NAME, Config, Setting, _config, settings
@@ -55,8 +57,14 @@ __all__ = ["NAME", "Config", "Setting", "run", "settings"]
 
 
 def run(ctx: Context) -> Outcome:
-    """Runs the experiment at ``ctx.scale`` and writes its results into ``ctx.out``."""
-    return _run(ctx, _config(ctx.scale))
+    """Runs the experiment at ``ctx.scale`` and writes its results into ``ctx.out``.
+
+    With ``ctx.model`` (``--model PATH``) the transformer rows run on the checkpoint.
+    """
+    cfg = _config(ctx.scale)
+    if ctx.model is not None:
+        cfg = dataclasses.replace(cfg, model=ctx.model, transformer=True)
+    return _run(ctx, cfg)
 
 
 def _run(ctx: Context, cfg: Config) -> Outcome:

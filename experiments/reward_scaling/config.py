@@ -55,6 +55,11 @@ class Config:
       tf_vocab, tf_prompt_len, tf_completion_len, tf_num_prompts, tf_group_size: its batch.
       tf_adam_lr, tf_sgd_lr: learning rates on the transformer.
       tf_settings_per_call: settings per compiled call on the transformer (memory); 0 = all.
+      model: a Hugging Face checkpoint directory (``--model PATH``) replacing the NNX transformer in the
+        transformer rows: its parameters (in each of ``tf_dtypes``), ``tf_num_prompts`` Countdown prompts
+        (its tokenizer, left-padded) and ``tf_group_size`` completions of ``tf_completion_len`` tokens
+        sampled from it, with the synthetic ``tf_reward_kinds`` rewards (Prop. 2 is about the optimizer,
+        not the task). None: the NNX transformer.
     """
 
     seeds: int = 5
@@ -87,6 +92,7 @@ class Config:
     tf_adam_lr: float = 1e-3
     tf_sgd_lr: float = 0.1
     tf_settings_per_call: int = 0
+    model: str | None = None
 
     def __post_init__(self) -> None:
         def bad(field: str, what: str) -> None:

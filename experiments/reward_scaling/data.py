@@ -140,3 +140,29 @@ def transformer_data(cfg: Config, mcfg, seed: int, kind: str):
     )
     perms = rs.random_permutations(rng, cfg.num_reorders, b, g)
     return graphdef, params, batch, prompt, perms
+
+
+def checkpoint_data(cfg: Config, dtype: str, seed: int, kind: str):
+    """(model_fn, params, batch, prompt, (perm_b, perm_g), description) of one data set on the checkpoint ``cfg.model``.
+
+    Countdown prompts (the checkpoint's tokenizer, left-padded; ``prompt`` is a ``jgrpo.models.Prompt``)
+    and completions sampled from the checkpoint; synthetic rewards of ``kind`` and a synthetic
+    ``logp_ref`` (π_old's log-probabilities + N(0, 0.1²)), as for the NNX transformer.
+    """
+    from experiments.shared import checkpoint
+
+    rng = _kind_rng(seed, kind, 2)
+    b, g, t = cfg.tf_num_prompts, cfg.tf_group_size, cfg.tf_completion_len
+    ck = checkpoint.load(cfg.model, dtype)
+    r = checkpoint.rollouts(
+        ck, jax.random.key(int(rng.integers(2**31))), prompts=b, group_size=g, max_len=t,
+        seed=int(rng.integers(2**31)),
+    )  # fmt: skip
+    logp = np.asarray(r.batch.logp_old)
+    mask = np.asarray(r.batch.mask)
+    batch = r.batch.replace(
+        rewards=_rewards(rng, kind, b, g),
+        logp_ref=np.where(mask > 0, logp + 0.1 * rng.normal(size=logp.shape), 0.0).astype(np.float32),
+    )
+    perms = rs.random_permutations(rng, cfg.num_reorders, b, g)
+    return ck.model_fn, ck.params, batch, r.prompt, perms, ck.description

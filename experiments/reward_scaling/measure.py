@@ -17,10 +17,20 @@ import jax.numpy as jnp
 import numpy as np
 
 import jgrpo
+import jgrpo.models as M
 from analysis import reward_scale as rs
 from experiments.reward_scaling.cells import Cell
 from experiments.reward_scaling.config import DTYPES, Config, Setting, settings
-from experiments.reward_scaling.data import fit_entropy_filter, preset_spec, stack, tabular_data, transformer_data, transformer_model
+from experiments.reward_scaling.data import (
+    checkpoint_data,
+    fit_entropy_filter,
+    preset_spec,
+    stack,
+    tabular_data,
+    transformer_data,
+    transformer_model,
+)
+from experiments.shared import checkpoint
 from jgrpo import policies as P
 
 
@@ -47,8 +57,8 @@ def measure_cells(cfg, spec, name, policy, dtype, logprob_fn, params, batch, pro
             logprob_fn,
             params,
             batch,
-            prompt,
             np.asarray(cfg.scales, np.float32),
+            prompt=prompt,
             num_steps=cfg.num_steps,
             optimizer="adamw_or_sgd",
             hypers=hyper,
@@ -114,10 +124,24 @@ def run_transformer(cfg, rows, specs, progress):
     cells, timings, model = [], {}, None
     kinds = [kind for kind in cfg.tf_reward_kinds for _ in range(cfg.seeds)]
     for dtype in cfg.tf_dtypes:
-        mcfg = transformer_model(cfg, dtype)
-        model = dataclasses.asdict(mcfg)
-        data = [transformer_data(cfg, mcfg, seed, kind) for kind in cfg.tf_reward_kinds for seed in range(cfg.seeds)]
-        logprob_fn = jgrpo.nnx_logprob_fn(data[0][0])
+        if cfg.model is not None:  # --model: the checkpoint's parameters and rollouts (jgrpo.models' logprob_fn)
+            data = [
+                checkpoint_data(cfg, dtype, seed, kind) for kind in cfg.tf_reward_kinds for seed in range(cfg.seeds)
+            ]
+            mc = data[0][0].config
+            model = {"checkpoint": cfg.model, "description": data[0][5], "n_layers": mc.num_layers,
+                     "d_model": mc.hidden_size, "vocab": mc.vocab_size}  # fmt: skip
+            logprob_fn = M.logprob_fn(data[0][0])
+            longest = max(x[3].ids.shape[-1] for x in data)  # a common prompt length P, to stack the data sets
+            pad = checkpoint.load(cfg.model, dtype).tokenizer.pad_id
+            data = [(*x[:3], checkpoint.left_pad(x[3], longest, pad), *x[4:]) for x in data]
+        else:
+            mcfg = transformer_model(cfg, dtype)
+            model = dataclasses.asdict(mcfg)
+            data = [
+                transformer_data(cfg, mcfg, seed, kind) for kind in cfg.tf_reward_kinds for seed in range(cfg.seeds)
+            ]
+            logprob_fn = jgrpo.nnx_logprob_fn(data[0][0])
         params, batch, prompt, perms = (stack([x[i] for x in data]) for i in range(1, 5))
         fitted = {n: None if s is None else fit_entropy_filter(s, batch) for n, s in specs.items()}
         for name in cfg.tf_presets:
@@ -129,7 +153,7 @@ def run_transformer(cfg, rows, specs, progress):
                 cfg,
                 fitted[name],
                 name,
-                "transformer",
+                "transformer",  # the model rows (the NNX transformer or --model's checkpoint)
                 dtype,
                 logprob_fn,
                 params,

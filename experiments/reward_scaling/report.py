@@ -202,7 +202,9 @@ def write(ctx: Context, cfg: Config, m: Measurement, claims: list):
         "settings": [dataclasses.asdict(s) for s in rows],
         "degrees": {n: (None if s is None else rs.reward_degree(s)) for n, s in specs.items()},
         "cppo_standardised_available": cppo_std,
-        "entropy_thresholds": {n: s.entropy_threshold for n, s in specs.items() if s is not None and s.entropy_threshold},
+        "entropy_thresholds": {
+            n: s.entropy_threshold for n, s in specs.items() if s is not None and s.entropy_threshold
+        },
         "cells": [_cell_json(c) for c in cells],
         "transformer_model": model,
         "timings_s": timings,
@@ -241,7 +243,14 @@ def write(ctx: Context, cfg: Config, m: Measurement, claims: list):
             "once the option exists (its reward degree is 0)."
         )
     )
-    if model is not None:
+    if model is not None and cfg.model is not None:
+        notes += (
+            f"\n\nCheckpoint rows: {model['description']} ({cfg.model}); B = {cfg.tf_num_prompts} Countdown prompts × "
+            f"G = {cfg.tf_group_size} completions of T ≤ {cfg.tf_completion_len} tokens sampled from it; synthetic "
+            f"reward kinds {cfg.tf_reward_kinds}; AdamW η = {cfg.tf_adam_lr:g}, SGD η = {cfg.tf_sgd_lr:g}; presets "
+            f"{', '.join(cfg.tf_presets)}; dtypes {', '.join(cfg.tf_dtypes)}."
+        )
+    elif model is not None:
         notes += (
             f"\n\nTransformer: {cfg.tf_model} NNX ({model['n_layers']} layers, d_model {model['d_model']}, "
             f"V = {cfg.tf_vocab}), B = {cfg.tf_num_prompts} × G = {cfg.tf_group_size} random completions of "

@@ -58,7 +58,8 @@ def warm_policy(scale: str, seed: int) -> tuple[Any, Any, PolicySetup]:
 def rollouts(graphdef, params, s: PolicySetup, key, *, prompts: int, group_size: int):
     """Samples ``group_size`` completions for ``prompts`` prompts; returns (batch, prompt, logprob_fn).
 
-    ``batch.logp_old`` is recomputed with the analysis log-prob function, so the
+    ``logprob_fn(params, tokens, prompt)`` is the policy protocol (``jgrpo.nnx_logprob_fn``):
+    pass ``prompt=prompt`` to the analyses. ``batch.logp_old`` is recomputed with it, so the
     ratio is exactly 1 at the first inner step.
     """
     prompt, answers = tasks.sample_prompts(s.task, jax.random.fold_in(key, 0), prompts)
@@ -74,8 +75,8 @@ def rollouts(graphdef, params, s: PolicySetup, key, *, prompts: int, group_size:
         pad_id=tasks.PAD,
     )
     rewards = tasks.reward(s.task, smp.tokens, smp.mask, answers)
-    logprob_fn = functools.partial(nnx_logprob_fn(graphdef), prompt=prompt)
-    logp = logprob_fn(params, smp.tokens)
+    logprob_fn = nnx_logprob_fn(graphdef)
+    logp = logprob_fn(params, smp.tokens, prompt)
     batch = jgrpo.GroupBatch(
         mask=smp.mask,
         logp_old=jnp.where(smp.mask > 0, logp, 0.0),

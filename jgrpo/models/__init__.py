@@ -19,6 +19,7 @@ from jgrpo.models.loading import from_pretrained, load_params
 from jgrpo.models.policy import (
     Decoder,
     NNXDecoder,
+    Prompt,
     TabularDecoder,
     decoder,
     logprob_and_entropy_fn,
@@ -33,6 +34,7 @@ __all__ = [
     "KVCache",
     "ModelConfig",
     "NNXDecoder",
+    "Prompt",
     "TabularDecoder",
     "config_from_hf",
     "decode",

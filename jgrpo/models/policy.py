@@ -14,17 +14,19 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jgrpo import _scores as _score_lib
 from jgrpo.models import transformer as tf
 from jgrpo.models.config import ModelConfig
 
 __all__ = [
     "Decoder",
+    "Prompt",
     "NNXDecoder",
     "TabularDecoder",
     "decoder",
@@ -35,9 +37,20 @@ __all__ = [
 ]
 
 
-def _entropy(logp_v: jax.Array) -> jax.Array:
-    p = jnp.exp(logp_v)
-    return -jnp.sum(jnp.where(p > 0, p * logp_v, 0.0), axis=-1)
+class Prompt(NamedTuple):
+    """Left-padded prompts as one pytree: ``ids`` ``[..., P]`` int and ``mask`` ``[..., P]`` 0/1 (1 on real tokens).
+
+    The ``prompt`` argument of the policy protocol may be a ``Prompt`` for the functions of
+    :func:`logprob_fn` / :func:`logprob_and_entropy_fn`, so that the analyses (which pass
+    ``prompt=`` through, move it with its group and vmap over it as a pytree) see padded
+    prompts exactly as the sampler did::
+
+        logprob = jgrpo.models.logprob_fn(model_fn)
+        overshoot.simulate_group(spec, logprob, params, batch, opt, 8, prompt=Prompt(prompt, prompt_mask))
+    """
+
+    ids: Any
+    mask: Any
 
 
 def _config_of(model: Any) -> ModelConfig | None:
@@ -103,16 +116,14 @@ def _scores(model: Any, params: Any, tokens: jax.Array, prompt: jax.Array, promp
 _CHUNK = 256
 
 
-def _token_scores(logits: jax.Array, targets: jax.Array, temperature: Any) -> tuple[jax.Array, jax.Array]:
-    """``(logp, entropy)`` ``[N, T]`` float32 of ``targets`` under ``softmax(logits [N, T, V] / temperature)``."""
-    logp_v = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
-    logp = jnp.take_along_axis(logp_v, targets[..., None], axis=-1)[..., 0]
-    return logp, _entropy(logp_v)
+_token_scores = _score_lib.token_scores  # (logits [N, T, V], targets [N, T], temperature) -> (logp, entropy) float32
 
 
 @functools.cache
 def logprob_and_entropy_fn(model: Any, *, temperature: float = 1.0) -> Callable[..., tuple[jax.Array, jax.Array]]:
     """``(params, tokens [..., G, T], prompt [..., P], prompt_mask=None) -> (logp, entropy)`` ``[..., G, T]`` float32.
+
+    ``prompt`` may also be a :class:`Prompt` ``(ids, mask)`` (left-padded prompts in one pytree).
 
     Args:
       model: a ``model_fn`` of :func:`jgrpo.models.from_pretrained` (or its
@@ -124,6 +135,10 @@ def logprob_and_entropy_fn(model: Any, *, temperature: float = 1.0) -> Callable[
     """
 
     def fn(params: Any, tokens: Any, prompt: Any, prompt_mask: Any = None) -> tuple[jax.Array, jax.Array]:
+        if isinstance(prompt, Prompt):
+            if prompt_mask is not None:
+                raise ValueError("pass the prompt mask either in a Prompt or as prompt_mask, not both")
+            prompt, prompt_mask = prompt.ids, prompt.mask
         _check(tokens, prompt, prompt_mask)
         return _scores(model, params, jnp.asarray(tokens), jnp.asarray(prompt), prompt_mask, temperature)
 
