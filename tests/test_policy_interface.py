@@ -66,6 +66,25 @@ def test_simulate_group_passes_the_prompt_to_the_policy():
     assert abs(float(other.loss[0]) - float(got.loss[0])) > 1e-4
 
 
+def test_grpo_loss_fn_is_jgrpo_loss_of_the_policy_with_escape_statistics():
+    params, batch, prompt = _group()
+    spec = jgrpo.methods.get("grpo", eps_high=0.05, eps_low=0.05, beta=0.0)
+    moved = jax.tree.map(lambda x: x + 0.4 * jnp.sin(jnp.arange(x.size).reshape(x.shape)), params)  # ratios ≠ 1
+    loss_fn = overshoot.grpo_loss_fn(spec, P.tabular_prompt_logprob, batch, prompt=prompt)
+    (value, aux), grad = jax.value_and_grad(loss_fn, has_aux=True)(moved)
+    direct = lambda q: jgrpo.loss(spec, P.tabular_prompt_logprob(q, batch.tokens, prompt), batch)[0]  # noqa: E731
+    np.testing.assert_allclose(float(value), float(direct(moved)), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(grad["logits"]), np.asarray(jax.grad(direct)(moved)["logits"]), atol=1e-7)
+    ratio = np.exp(np.asarray(P.tabular_prompt_logprob(moved, batch.tokens, prompt)) - np.asarray(batch.logp_old))
+    esc = overshoot.escape(ratio, aux["advantages"], batch.mask, eps_low=0.05, eps_high=0.05)
+    assert float(esc.frac) > 0  # the clip is active somewhere at this θ
+    for name in esc._fields:
+        np.testing.assert_allclose(float(getattr(aux["escape"], name)), float(getattr(esc, name)), rtol=1e-5)
+    assert float(aux["clip_fraction"]) == pytest.approx(float(aux["clip_frac_high"] + aux["clip_frac_low"]))
+    ratio_fn = overshoot.group_ratio_fn(P.tabular_prompt_logprob, batch, aux["advantages"], prompt=prompt)
+    np.testing.assert_allclose(np.asarray(ratio_fn(moved)[0]), ratio, rtol=1e-5)
+
+
 def test_loss_and_ratio_fns_check_the_policy_output():
     params, batch, prompt = _group()
     spec = jgrpo.methods.get("grpo")
