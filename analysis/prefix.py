@@ -9,15 +9,17 @@ with omega = alpha * s. jgrpo computes the exact per-token coefficient
 c_{i,t} = dJ/dlogp_{i,t} (which is omega_{i,t} A_i for an unclipped token ratio,
 and whatever the method's semantics give otherwise: clipping, stop-gradients,
 KL), sums it over each node of the group's prefix tree, and pulls any subset of
-token coefficients back through the model with one forward pass and a vmapped
-VJP.
+token coefficients back through the model: the total with one forward pass and
+one VJP, the shared prefixes and per-depth subsets with a VJP over the first
+``depth`` positions only (causality), the divergent part as total - shared.
 
-The policy is any ``logprob_fn(params, tokens) -> logp [..., G, T]`` (bind the
-prompt with ``functools.partial``): see :mod:`jgrpo.policies`.
+The policy is any ``logprob_fn(params, tokens [..., G, T], prompt) -> logp [..., G, T]``,
+the protocol of :mod:`jgrpo.policies` (``prompt`` may be None for a policy that ignores it).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -29,9 +31,9 @@ import optax
 from jax.typing import ArrayLike
 
 import jgrpo
-from jgrpo._validate import check_shape
+from jgrpo._validate import check_shape, check_static_int, is_concrete
 from jgrpo.methods import MethodSpec
-from jgrpo.policies import tree_num_contexts
+from jgrpo.policies import LogprobFn, tree_num_contexts
 from jgrpo.weights import shared_prefix
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "tree_expectation",
     "tree_norm",
     "tree_sequences",
+    "truncation_depth",
     "w_agg",
 ]
 
@@ -138,12 +141,15 @@ class Decomposition(NamedTuple):
     Attributes:
       total: grad_theta J (J = -loss, averaged over prompts).
       shared: the part from tokens in prefixes shared by >= 2 completions.
-      divergent: the part from all other tokens (total = shared + divergent).
+      divergent: the part from all other tokens, ``total - shared`` (exact by linearity).
       subsets: contributions of the extra ``subsets`` masks, stacked on a leading axis (or None).
       coefficients: ``[..., G, T]`` c_{i,t} = dJ/dlogp_{i,t}.
       w_agg: ``[..., G, T]`` W_agg of Prop. 1 (zero outside shared prefixes).
       tree: the :class:`PrefixTree`.
       objective: J.
+      truncated: scalar bool, the shared and subset contributions came from the truncated backward
+        over ``tokens[..., :depth]``; False when they came from the full one (``depth`` >= T, a mask
+        reaching position ``depth`` or beyond, or a policy that failed the causality check).
     """
 
     total: Any
@@ -154,80 +160,224 @@ class Decomposition(NamedTuple):
     w_agg: jax.Array
     tree: PrefixTree
     objective: jax.Array
+    truncated: jax.Array
 
 
 def decompose(
     spec: MethodSpec,
-    logprob_fn: Callable[[Any, jax.Array], jax.Array],
+    logprob_fn: LogprobFn,
     params: Any,
     batch: jgrpo.GroupBatch,
     subsets: jax.Array | None = None,
+    *,
+    prompt: ArrayLike | None = None,
+    depth: int | None = None,
+    chunk: int | None = None,
 ) -> Decomposition:
-    """Splits grad_theta J into exact contributions of token subsets (Prop. 1).
+    """Splits grad_theta J into exact contributions of token subsets (Prop. 1, Eqs. 12-14).
 
-    One forward pass of ``logprob_fn`` and one VJP per subset, vmapped: the
-    contribution of a subset S is sum_{(i,t) in S} c_{i,t} grad log pi_{i,t},
-    which is exactly the gradient of J restricted to S because c is the exact
-    dJ/dlogp.
+    The contribution of a token subset S is ``g_S = sum_{(i,t) in S} c_{i,t} grad log pi_{i,t}``
+    with ``c = dJ/dlogp`` (:func:`coefficients`), exactly the gradient of J restricted to S; on
+    the shared prefixes it is Prop. 1's ``sum_t grad log pi(y_t | x, y_<t) W_agg(t)``. The
+    computation:
 
-    Jit: ``spec`` and ``logprob_fn`` are Python objects, ``params`` and ``batch``
-    pytrees of arrays; close over the former and pass the prompt as an array, so that
-    one compile serves every batch of the same shapes::
+    1. one forward pass over ``tokens [..., G, T]`` and one VJP with cotangent c: ``total``;
+    2. **truncated backward**: the shared tokens and the ``subsets`` lie at positions < ``depth``,
+       and by causality log pi_{i,t} depends on the prompt and ``tokens[..., i, :t+1]`` only, so
+       their contributions need the forward pass and the VJPs over ``tokens[..., :depth]`` alone
+       (one forward over the window, then a vmapped VJP of the 1 + K cotangents, ``chunk`` at a time);
+    3. ``divergent = total - shared`` by linearity (no VJP of its own).
+
+    Causality (the policy's log-prob at position t depends on the tokens at positions <= t and
+    the prompt only) is what step 2 needs; every policy in :mod:`jgrpo.policies` and every causal
+    LM satisfies it. It is checked cheaply on every call: the window's log-probs must equal the
+    full pass's on the window (to 1024 ulp, on completion tokens). If that check fails, or a
+    shared token or a subset reaches position ``depth`` or beyond, the contributions come from
+    the full-length VJP instead (``lax.cond``: one branch runs), so the result is exact
+    whatever ``depth`` is; ``Decomposition.truncated`` says which branch ran.
+
+    Memory: with R_L the residuals of a forward pass over L completion positions (plus the
+    prompt), B_L the transient activation cotangents of one backward pass over them and |theta|
+    the parameter size, the peak is about
+
+        R_T + R_depth + (K + 3) |theta| + chunk * (B_depth + |theta|)
+
+    (K + 3: total, shared, divergent and the K subsets, the result itself; B_T instead of
+    B_depth on the full-length fallback). ``chunk`` bounds the last term, e.g. chunk = 1 for a
+    1B-parameter model with K = 8 depth subsets: 11 * 4 GB of float32 results plus one
+    backward at a time.
+
+    Jit: ``spec`` and ``logprob_fn`` are Python objects, ``params``, ``batch`` and ``prompt``
+    pytrees of arrays, ``depth`` and ``chunk`` static ints. Close over the former, pass the
+    arrays, so that one compile serves every batch of the same shapes::
+
+        depth = prefix.truncation_depth(prefix.prefix_tree(tokens, mask))  # outside jit: concrete
 
         @jax.jit
         def run(params, batch, prompt):
-            return prefix.decompose(spec, lambda p, tokens: logprob_fn(p, tokens, prompt), params, batch)
+            return prefix.decompose(spec, logprob_fn, params, batch, prompt=prompt, depth=depth)
 
     (``examples/decompose_own_model.py`` does this with a flax NNX model.)
 
     Args:
       spec: the method (static under jit).
-      logprob_fn: ``(params, tokens [..., G, T]) -> logp [..., G, T]``.
+      logprob_fn: ``(params, tokens [..., G, T], prompt) -> logp [..., G, T]``, the protocol of
+        :mod:`jgrpo.policies` (``prompt`` is passed through; it may be None for policies that
+        ignore it).
       params: the policy parameters (any pytree).
       batch: a :class:`jgrpo.GroupBatch` with ``tokens``.
-      subsets: optional ``[K, ..., G, T]`` masks of further token subsets (e.g.
-        per prefix depth); their contributions come back in ``subsets``.
+      subsets: optional ``[K, ..., G, T]`` masks of further token subsets (e.g. per prefix depth,
+        :func:`depth_subsets`); their contributions come back in ``subsets``.
+      prompt: ``[..., P]`` prompt token ids passed to ``logprob_fn`` (or None).
+      depth: static int >= 1, the length of the truncated window. None: with concrete tokens,
+        :func:`truncation_depth` of the batch and ``subsets`` (rounded up to a multiple of 8);
+        under jit (traced tokens) T, no truncation. >= T: no truncation.
+      chunk: static int >= 1, how many of the 1 + K cotangents (shared, subsets) one vmapped VJP
+        takes (a ``lax.fori_loop`` over the chunks); None: all at once.
 
     Returns:
       A :class:`Decomposition`.
 
     Raises:
-      ValueError: ``batch.tokens`` is missing or ``subsets`` has the wrong shape.
+      ValueError: ``batch.tokens`` is missing, ``subsets`` has the wrong shape, ``depth`` or
+        ``chunk`` is not a static int >= 1, or ``logprob_fn`` returns the wrong shape.
+      TypeError: ``logprob_fn`` does not take ``(params, tokens, prompt)``.
     """
     if batch.tokens is None:
         raise ValueError("decompose needs batch.tokens (token ids) to find the shared prefixes")
+    if depth is not None:
+        depth = check_static_int("depth", depth, low=1)
+    if chunk is not None:
+        chunk = check_static_int("chunk", chunk, low=1)
+    _check_protocol(logprob_fn)
     tokens = jnp.asarray(batch.tokens)
-    logp, vjp = jax.vjp(lambda p: logprob_fn(p, tokens), params)
+    t = tokens.shape[-1]
+    logp, vjp_full = jax.vjp(lambda p: logprob_fn(p, tokens, prompt), params)
     if logp.shape != tokens.shape:
         raise ValueError(f"logprob_fn must return logp of shape {tokens.shape} like batch.tokens, got {logp.shape}")
     coef = coefficients(spec, logp, batch)
     tree = prefix_tree(tokens, batch.mask)
-    shared = tree.shared.astype(coef.dtype)
-    masks = [jnp.ones_like(coef), shared, 1.0 - shared]
+    masks = tree.shared[None].astype(coef.dtype)
     if subsets is not None:
         subsets = _check_subsets(subsets, coef.shape)
-        masks.extend(list(subsets.astype(coef.dtype)))
-    cotangents = jnp.stack(masks) * coef[None]
-    (grads,) = jax.vmap(vjp)(cotangents.astype(logp.dtype))
-    pick = lambda k: jax.tree.map(lambda g: g[k], grads)  # noqa: E731
-    extra = None if subsets is None else jax.tree.map(lambda g: g[3:], grads)
-    objective = -jgrpo.loss(spec, logp, batch)[0]
+        masks = jnp.concatenate([masks, subsets.astype(coef.dtype)])
+    cot = (masks * coef[None]).astype(logp.dtype)  # [1 + K, ..., G, T]: shared, then the subsets
+    (total,) = vjp_full(coef.astype(logp.dtype))
+    if depth is None:
+        depth = truncation_depth(tree, subsets) if is_concrete(cot) else t
+
+    def full():
+        return _pullback(vjp_full, cot, chunk)
+
+    if depth >= t:
+        parts, truncated = full(), jnp.zeros((), bool)
+    else:
+        logp_d, vjp_d = jax.vjp(lambda p: logprob_fn(p, tokens[..., :depth], prompt), params)
+        if logp_d.shape != tokens[..., :depth].shape:
+            raise ValueError(
+                f"logprob_fn must return logp of shape {tokens[..., :depth].shape} for tokens[..., :depth], "
+                f"got {logp_d.shape}"
+            )
+        truncated = _window_ok(logp, logp_d, batch.mask, cot, depth)
+        window = lambda: _pullback(vjp_d, cot[..., :depth], chunk)  # noqa: E731
+        if is_concrete(truncated):  # eager: run (and trace) only the branch that applies
+            parts = window() if bool(truncated) else full()
+        else:
+            parts = jax.lax.cond(truncated, window, full)
+    shared = jax.tree.map(lambda g: g[0], parts)
+    extra = None if subsets is None else jax.tree.map(lambda g: g[1:], parts)
     return Decomposition(
-        total=pick(0),
-        shared=pick(1),
-        divergent=pick(2),
+        total=total,
+        shared=shared,
+        divergent=jax.tree.map(jnp.subtract, total, shared),
         subsets=extra,
         coefficients=coef,
         w_agg=w_agg(coef, tree),
         tree=tree,
-        objective=objective,
+        objective=-jgrpo.loss(spec, logp, batch)[0],
+        truncated=truncated,
     )
+
+
+def _check_protocol(logprob_fn: Callable) -> None:
+    """TypeError when ``logprob_fn`` cannot be called as ``(params, tokens, prompt)`` (the jgrpo.policies protocol)."""
+    try:
+        sig = inspect.signature(logprob_fn)
+    except (TypeError, ValueError):  # builtins and some C callables have no signature: let the call decide
+        return
+    try:
+        sig.bind(None, None, None)
+    except TypeError:
+        raise TypeError(
+            f"logprob_fn must take (params, tokens, prompt) (the protocol of jgrpo.policies; prompt may be None), "
+            f"got a function with signature {sig}; wrap an old (params, tokens) function as "
+            "lambda params, tokens, prompt: fn(params, tokens)"
+        ) from None
+
+
+def _window_ok(logp: jax.Array, logp_d: jax.Array, mask: ArrayLike, cot: jax.Array, depth: int) -> jax.Array:
+    """Scalar bool: the truncated window gives the exact contributions.
+
+    Every nonzero cotangent lies before ``depth``, and the window's log-probs equal the full pass's on
+    the window's completion tokens to 1024 ulp (the policy is causal, as far as one evaluation shows).
+    """
+    inside = ~jnp.any(cot[..., depth:] != 0)
+    head = logp[..., :depth]
+    tol = 1024 * jnp.finfo(logp.dtype).eps * (1.0 + jnp.abs(head))
+    on = jnp.asarray(mask)[..., :depth] > 0
+    causal = jnp.all(jnp.where(on, jnp.abs(logp_d.astype(head.dtype) - head) <= tol, True))
+    return inside & causal
+
+
+def _pullback(vjp: Callable, cot: jax.Array, chunk: int | None) -> Any:
+    """``vjp`` of each cotangent ``cot[n]``, stacked on a leading axis: one vmapped VJP, or ``chunk`` at a time.
+
+    Chunked: a ``fori_loop`` whose step k pulls back ``cot[s_k : s_k + chunk]`` with
+    ``s_k = min(k * chunk, n - chunk)`` and writes it in place into the ``[n, ...]`` result (the last
+    chunk overlaps the one before it and rewrites the same values): no padding, no copy of the result.
+    """
+    n = cot.shape[0]
+    if chunk is None or chunk >= n:
+        return jax.vmap(vjp)(cot)[0]
+    n_chunks = -(-n // chunk)
+    shapes = jax.eval_shape(lambda c: vjp(c)[0], cot[0])
+
+    def body(k, acc):
+        start = jnp.minimum(k * chunk, n - chunk)
+        (grads,) = jax.vmap(vjp)(jax.lax.dynamic_slice_in_dim(cot, start, chunk, axis=0))
+        return jax.tree.map(lambda a, g: jax.lax.dynamic_update_slice_in_dim(a, g, start, axis=0), acc, grads)
+
+    init = jax.tree.map(lambda s: jnp.zeros((n, *s.shape), s.dtype), shapes)
+    return jax.lax.fori_loop(0, n_chunks, body, init)
 
 
 def _check_subsets(subsets: ArrayLike, shape: tuple[int, ...]) -> jax.Array:
     subsets = jnp.asarray(subsets)
     check_shape("subsets", subsets, (subsets.shape[0] if subsets.ndim else 0, *shape), "[K, ..., G, T]")
     return subsets
+
+
+def truncation_depth(tree: PrefixTree, subsets: ArrayLike | None = None, *, multiple: int = 8) -> int:
+    """The window :func:`decompose` needs: 1 + the last position of a shared token or a subset's token.
+
+    Rounded up to a ``multiple`` (fewer distinct window lengths, fewer compiles), at least 1 and at
+    most T. Needs concrete values: call it outside jit and pass the result as ``decompose``'s static
+    ``depth``.
+
+    Raises:
+      ValueError: traced arguments, ``multiple`` < 1 or ``subsets`` of the wrong shape.
+    """
+    multiple = check_static_int("multiple", multiple, low=1)
+    if not is_concrete(tree.shared, subsets):
+        raise ValueError("truncation_depth needs concrete tree and subsets (call it outside jit)")
+    used = np.asarray(tree.shared)
+    t = used.shape[-1]
+    if subsets is not None:
+        subsets = np.asarray(_check_subsets(subsets, used.shape))
+        used = used | np.any(subsets != 0, axis=0)
+    where = np.flatnonzero(np.any(used.reshape(-1, t), axis=0))
+    end = int(where[-1]) + 1 if where.size else 1
+    return min(t, -(-end // multiple) * multiple)
 
 
 def depth_subsets(tree: PrefixTree, max_depth: int) -> jax.Array:
@@ -273,16 +423,19 @@ class Effects(NamedTuple):
 
 
 def directional_logp(
-    logprob_fn: Callable[[Any, jax.Array], jax.Array], params: Any, tokens: ArrayLike, directions: Any
+    logprob_fn: LogprobFn, params: Any, tokens: ArrayLike, directions: Any, *, prompt: ArrayLike | None = None
 ) -> tuple[jax.Array, jax.Array]:
     """``(logp [..., G, T], dlogp [D, ..., G, T])``: log-probabilities and their JVPs along D directions.
 
-    ``dlogp[d, ..., i, t] = d log pi(y_{i,t}) / d theta . u_d``, one vmapped JVP of ``logprob_fn``.
+    ``dlogp[d, ..., i, t] = d log pi(y_{i,t}) / d theta . u_d``, one vmapped JVP of
+    ``logprob_fn(params, tokens, prompt)`` (the protocol of :mod:`jgrpo.policies`; ``prompt`` may be None).
 
     Raises:
       ValueError: ``directions`` is not a pytree like ``params`` with a leading axis D, or ``logprob_fn``
         returns the wrong shape.
+      TypeError: ``logprob_fn`` does not take ``(params, tokens, prompt)``.
     """
+    _check_protocol(logprob_fn)
     tokens = jnp.asarray(tokens)
     p_leaves = jax.tree.leaves(params)
     d_leaves = jax.tree.leaves(directions)
@@ -293,7 +446,7 @@ def directional_logp(
             "directions must be a pytree like params with a leading axis D; got leaf shapes "
             f"{[tuple(d.shape) for d in d_leaves]} for params {[tuple(p.shape) for p in p_leaves]}"
         )
-    fn = lambda p: logprob_fn(p, tokens)  # noqa: E731
+    fn = lambda p: logprob_fn(p, tokens, prompt)  # noqa: E731
     logp = fn(params)
     if logp.shape != tokens.shape:
         raise ValueError(f"logprob_fn must return logp of shape {tokens.shape} like the tokens, got {logp.shape}")
@@ -329,11 +482,13 @@ def effects_of(coef: jax.Array, dlogp: jax.Array, tree: PrefixTree, subsets: Arr
 
 def effects(
     spec: MethodSpec,
-    logprob_fn: Callable[[Any, jax.Array], jax.Array],
+    logprob_fn: LogprobFn,
     params: Any,
     batch: jgrpo.GroupBatch,
     directions: Any,
     subsets: jax.Array | None = None,
+    *,
+    prompt: ArrayLike | None = None,
 ) -> Effects:
     """Exact effect of each token subset's gradient contribution on functionals of the policy.
 
@@ -346,11 +501,12 @@ def effects(
 
     Args:
       spec: the method.
-      logprob_fn: ``(params, tokens [..., G, T]) -> logp [..., G, T]``.
+      logprob_fn: ``(params, tokens [..., G, T], prompt) -> logp [..., G, T]`` (:mod:`jgrpo.policies`).
       params: the policy parameters (pytree).
       batch: a :class:`jgrpo.GroupBatch` with ``tokens``.
       directions: a pytree like ``params`` with a leading axis D: the gradients u_d.
       subsets: optional ``[K, ..., G, T]`` extra token masks.
+      prompt: ``[..., P]`` prompt token ids passed to ``logprob_fn`` (or None).
 
     Returns:
       :class:`Effects`; per-group values are ``B * sum_{(i,t) in group b and S} c_{i,t} D_{d,i,t}``
@@ -358,11 +514,12 @@ def effects(
 
     Raises:
       ValueError: ``batch.tokens`` missing, ``subsets`` or ``directions`` of the wrong shape.
+      TypeError: ``logprob_fn`` does not take ``(params, tokens, prompt)``.
     """
     if batch.tokens is None:
         raise ValueError("effects needs batch.tokens (token ids) to find the shared prefixes")
     tokens = jnp.asarray(batch.tokens)
-    logp, dlogp = directional_logp(logprob_fn, params, tokens, directions)
+    logp, dlogp = directional_logp(logprob_fn, params, tokens, directions, prompt=prompt)
     coef = coefficients(spec, logp, batch)
     return effects_of(coef, dlogp, prefix_tree(tokens, batch.mask), subsets)
 

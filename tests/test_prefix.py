@@ -33,7 +33,12 @@ PROMPT = np.array([[9, 10], [11, 9]], np.int32)
 def model():
     graphdef, params = make_transformer(jax.random.key(0), TransformerConfig.tiny(vocab=12, max_len=10))
     fn = nnx_logprob_fn(graphdef)
-    return functools.partial(fn, prompt=jnp.asarray(PROMPT)), params
+    return _bind(fn, jnp.asarray(PROMPT)), params
+
+
+def _bind(fn, prompt):
+    """``(params, tokens, prompt=None)`` with the prompt bound (the protocol's signature, prompt ignored)."""
+    return lambda params, tokens, _=None: fn(params, tokens, prompt)
 
 
 def assert_tree_close(a, b, rel=1e-5):
@@ -179,6 +184,130 @@ def test_decompose_needs_tokens(model):
     batch = make_batch(logprob_fn, params, [[1.0, 0.0, 0.5, 0.0], [0.0, 1.0, 1.0, 0.25]])
     with pytest.raises(ValueError, match="needs batch.tokens"):
         prefix.decompose(methods.get("grpo"), logprob_fn, params, batch.replace(tokens=None))
+
+
+# ----------------------------------------------------------------------------- truncated, chunked backward
+
+
+def _causal64(params, tokens, prompt, *, causal=True):
+    """A one-layer attention LM in float64, written here (not jgrpo's): ``(params, tokens [..., G, T], prompt)``.
+
+    Position t of the completion reads the prompt and y_<t through causal attention (``causal=False``: every
+    position sees the whole sequence, the later tokens included).
+    """
+    lead, p = tokens.shape[:-1], prompt.shape[-1]
+    ids = jnp.concatenate([jnp.broadcast_to(prompt[..., None, :], lead + (p,)), tokens], axis=-1)
+    x = params["embed"][ids]  # [..., G, L, D]
+    scores = jnp.einsum("...id,de,...je->...ij", x, params["query"], x)
+    if causal:
+        n = ids.shape[-1]
+        scores = jnp.where(jnp.tril(jnp.ones((n, n), bool)), scores, -jnp.inf)
+    h = jnp.tanh(jnp.einsum("...ij,...jd->...id", jax.nn.softmax(scores, axis=-1), x) + x)
+    logp_v = jax.nn.log_softmax(h @ params["head"], axis=-1)[..., p - 1 : -1, :]
+    return jnp.take_along_axis(logp_v, tokens[..., None], axis=-1)[..., 0]
+
+
+def _separate(spec, logprob_fn, params, batch, prompt, masks):
+    """The reference: one jax.grad of sum_S sg[c] logp per token subset S (full length, no vmap; one compile)."""
+
+    @jax.jit
+    def run(params, batch, prompt, masks):
+        tokens = jnp.asarray(batch.tokens)
+        coef = prefix.coefficients(spec, logprob_fn(params, tokens, prompt), batch)
+        grad = jax.grad(lambda p, w: jnp.sum(w * coef * logprob_fn(p, tokens, prompt)))
+        return jax.lax.map(lambda w: grad(params, w), masks)  # sequential: K separate gradients
+
+    out = run(params, batch, prompt, jnp.asarray(np.stack(masks)))
+    return [jax.tree.map(lambda x, k=k: x[k], out) for k in range(len(masks))]
+
+
+def _check_against(dec, refs, rel):
+    got = [dec.shared, dec.divergent] + [jax.tree.map(lambda x, k=k: x[k], dec.subsets) for k in range(len(refs) - 2)]
+    for k, (a, b) in enumerate(zip(got, refs, strict=True)):
+        assert float(prefix.tree_norm(b)) > 0, k
+        assert_tree_close(a, b, rel=rel)
+
+
+def test_truncated_chunked_backward_is_exact_float64():
+    """depth < T, chunked: every contribution equals separate jax.grad calls to float64 rounding; the branch taken
+    is the truncated one for a causal policy and the exact full-length fallback for a non-causal one."""
+    rng = np.random.default_rng(7)
+    with jax.enable_x64(True):
+        shapes = (("embed", (12, 6)), ("query", (6, 6)), ("head", (6, 12)))
+        params = {k: jnp.asarray(rng.normal(size=s)) for k, s in shapes}
+        prompt, spec = jnp.asarray(PROMPT), methods.get("grpo", beta=0.0)
+        logp_old = np.where(MASK > 0, -rng.uniform(1.0, 3.0, size=MASK.shape), 0.0)
+        rewards = np.array([[1, 0, 0.5, 0], [0, 1, 1, 0.25]])
+        batch = jgrpo.GroupBatch(mask=MASK, logp_old=logp_old, rewards=rewards, tokens=TOKENS)
+        tree = prefix.prefix_tree(TOKENS, MASK)
+        subsets = prefix.depth_subsets(tree, 3)
+        assert prefix.truncation_depth(tree, subsets, multiple=1) == 4  # shared tokens up to t = 3 (group 0)
+        shared = np.asarray(tree.shared, np.float64)
+        masks = [shared, 1.0 - shared, *np.asarray(subsets, np.float64)]
+        run = jax.jit(prefix.decompose, static_argnums=(0, 1), static_argnames=("depth", "chunk"))
+        for fn, truncated in ((_causal64, True), (functools.partial(_causal64, causal=False), False)):
+            dec = run(spec, fn, params, batch, subsets, prompt=prompt, depth=4, chunk=2)
+            assert bool(dec.truncated) is truncated  # non-causal: the check caught it, the full-length path ran
+            _check_against(dec, _separate(spec, fn, params, batch, prompt, masks), rel=1e-12)
+
+
+@pytest.mark.parametrize("policy", ["tabular", "transformer"])
+def test_truncated_equals_untruncated_and_separate_grads(model, policy):
+    """float32: the truncated decomposition against the untruncated one and separate jax.grad calls."""
+    if policy == "tabular":
+        # chunked, and a window (depth 3) that misses the shared token at t = 3: the exact full-length fallback
+        logprob_fn, params = P.tabular_logprob, P.tabular_init(jax.random.key(1), vocab=12, max_len=7)
+        rel, cases = 1e-6, ((4, 2, True), (3, 2, False))
+    else:
+        # float32 rounding of a transformer's gradient: the untruncated decomposition itself differs from
+        # separate jax.grad calls by ~2e-6 (relative L2) here, whatever the truncation
+        (logprob_fn, params), rel, cases = model, 5e-6, ((4, None, True),)
+    batch = make_batch(logprob_fn, params, [[1.0, 0.0, 0.5, 0.0], [0.0, 1.0, 1.0, 0.25]])
+    prompt, spec = jnp.asarray(PROMPT), methods.get("grpo", beta=0.0)
+    tree = prefix.prefix_tree(TOKENS, MASK)
+    subsets = prefix.depth_subsets(tree, 3)
+    shared = np.asarray(tree.shared, np.float32)
+    refs = _separate(spec, logprob_fn, params, batch, prompt, [shared, 1.0 - shared, *np.asarray(subsets, np.float32)])
+    run = jax.jit(prefix.decompose, static_argnums=(0, 1), static_argnames=("depth", "chunk"))
+    full = run(spec, logprob_fn, params, batch, subsets, prompt=prompt)  # traced tokens, no depth: T, untruncated
+    assert not bool(full.truncated)
+    for depth, chunk, truncated in cases:
+        fast = run(spec, logprob_fn, params, batch, subsets, prompt=prompt, depth=depth, chunk=chunk)
+        assert bool(fast.truncated) is truncated
+        for a, b in ((fast.total, full.total), (fast.shared, full.shared), (fast.subsets, full.subsets)):
+            assert_tree_close(a, b, rel=rel)
+        _check_against(fast, refs, rel=rel)
+
+
+def test_pullback_chunks_equal_one_vmap():
+    """Chunked pullback (sizes that divide K and that do not) equals the single vmapped VJP."""
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4)), jnp.float32)
+    _, vjp = jax.vjp(lambda p: jnp.tanh(p["w"] @ jnp.arange(4.0)), {"w": w})
+    cot = jnp.asarray(np.random.default_rng(1).normal(size=(5, 3)), jnp.float32)
+    whole = prefix._pullback(vjp, cot, None)["w"]
+    for chunk in (1, 2, 3, 5, 9):
+        np.testing.assert_allclose(prefix._pullback(vjp, cot, chunk)["w"], whole, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(whole[2], vjp(cot[2])[0]["w"], rtol=1e-6)
+
+
+def test_decompose_protocol_and_static_arguments(model):
+    logprob_fn, params = model
+    batch = make_batch(logprob_fn, params, [[1.0, 0.0, 0.5, 0.0], [0.0, 1.0, 1.0, 0.25]])
+    spec = methods.get("grpo", beta=0.0)
+    with pytest.raises(TypeError, match=r"logprob_fn must take \(params, tokens, prompt\)"):
+        prefix.decompose(spec, lambda p, tokens: logprob_fn(p, tokens), params, batch)
+    with pytest.raises(TypeError, match=r"logprob_fn must take \(params, tokens, prompt\)"):
+        prefix.effects(spec, lambda p, tokens: logprob_fn(p, tokens), params, batch, params)
+    for name, value in (("depth", 0), ("chunk", 0), ("depth", 2.0)):
+        with pytest.raises(ValueError, match=f"{name} must be a static Python int >= 1"):
+            prefix.decompose(spec, logprob_fn, params, batch, **{name: value})
+    tree = prefix.prefix_tree(TOKENS, MASK)
+    assert prefix.truncation_depth(tree, multiple=1) == 4 and prefix.truncation_depth(tree) == 7  # 8 capped at T
+    late = np.zeros((1, *TOKENS.shape), bool)
+    late[0, 1, 3, 5] = True  # one token at t = 5 (a subset need not be shared)
+    assert prefix.truncation_depth(tree, late, multiple=1) == 6 and prefix.truncation_depth(tree, late, multiple=4) == 7
+    with pytest.raises(ValueError, match="outside jit"):
+        jax.jit(lambda s: prefix.truncation_depth(tree._replace(shared=s)))(tree.shared)
 
 
 # ----------------------------------------------------------------------------- effects: directional derivatives
@@ -378,7 +507,7 @@ def test_documented_jit_pattern_compiles_once():
     @jax.jit
     @chex.assert_max_traces(n=1)
     def run(params, batch, prompt):
-        dec = prefix.decompose(spec, lambda p, tokens: P.tabular_logprob(p, tokens, prompt), params, batch)
+        dec = prefix.decompose(spec, P.tabular_logprob, params, batch, prompt=prompt)
         gap = jax.tree.map(lambda t, s, d: t - s - d, dec.total, dec.shared, dec.divergent)
         return prefix.tree_norm(gap), prefix.tree_norm(dec.shared), prefix.tree_norm(dec.total)
 
