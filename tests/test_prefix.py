@@ -189,25 +189,28 @@ def test_decompose_needs_tokens(model):
 # ----------------------------------------------------------------------------- truncated, chunked backward
 
 
-def _causal64(params, tokens, prompt, *, causal=True):
+def _causal64(params, tokens, prompt):
     """A one-layer attention LM in float64, written here (not jgrpo's): ``(params, tokens [..., G, T], prompt)``.
 
-    Position t of the completion reads the prompt and y_<t through causal attention (``causal=False``: every
-    position sees the whole sequence, the later tokens included).
+    Position t of the completion reads the prompt and y_<t through causal attention, plus ``params["leak"]**2`` times
+    the mean embedding of the whole sequence: with leak = 0 it is causal, with leak != 0 every position also sees
+    the later tokens (one compiled program for both).
     """
     lead, p = tokens.shape[:-1], prompt.shape[-1]
     ids = jnp.concatenate([jnp.broadcast_to(prompt[..., None, :], lead + (p,)), tokens], axis=-1)
     x = params["embed"][ids]  # [..., G, L, D]
+    n = ids.shape[-1]
     scores = jnp.einsum("...id,de,...je->...ij", x, params["query"], x)
-    if causal:
-        n = ids.shape[-1]
-        scores = jnp.where(jnp.tril(jnp.ones((n, n), bool)), scores, -jnp.inf)
-    h = jnp.tanh(jnp.einsum("...ij,...jd->...id", jax.nn.softmax(scores, axis=-1), x) + x)
+    scores = jnp.where(jnp.tril(jnp.ones((n, n), bool)), scores, -jnp.inf)
+    h = jnp.einsum("...ij,...jd->...id", jax.nn.softmax(scores, axis=-1), x) + x
+    # leak**2: at leak = 0 the gradient is causal too (leak * mean(x) would give leak a gradient from later tokens)
+    h = jnp.tanh(h + params["leak"] ** 2 * jnp.mean(x, axis=-2, keepdims=True))
     logp_v = jax.nn.log_softmax(h @ params["head"], axis=-1)[..., p - 1 : -1, :]
     return jnp.take_along_axis(logp_v, tokens[..., None], axis=-1)[..., 0]
 
 
-def _separate(spec, logprob_fn, params, batch, prompt, masks):
+@functools.cache
+def _separate_fn(spec, logprob_fn):
     """The reference: one jax.grad of sum_S sg[c] logp per token subset S (full length, no vmap; one compile)."""
 
     @jax.jit
@@ -217,7 +220,11 @@ def _separate(spec, logprob_fn, params, batch, prompt, masks):
         grad = jax.grad(lambda p, w: jnp.sum(w * coef * logprob_fn(p, tokens, prompt)))
         return jax.lax.map(lambda w: grad(params, w), masks)  # sequential: K separate gradients
 
-    out = run(params, batch, prompt, jnp.asarray(np.stack(masks)))
+    return run
+
+
+def _separate(spec, logprob_fn, params, batch, prompt, masks):
+    out = _separate_fn(spec, logprob_fn)(params, batch, prompt, jnp.asarray(np.stack(masks)))
     return [jax.tree.map(lambda x, k=k: x[k], out) for k in range(len(masks))]
 
 
@@ -228,13 +235,16 @@ def _check_against(dec, refs, rel):
         assert_tree_close(a, b, rel=rel)
 
 
+_DECOMPOSE = jax.jit(prefix.decompose, static_argnums=(0, 1), static_argnames=("depth", "chunk"))
+
+
 def test_truncated_chunked_backward_is_exact_float64():
-    """depth < T, chunked: every contribution equals separate jax.grad calls to float64 rounding; the branch taken
-    is the truncated one for a causal policy and the exact full-length fallback for a non-causal one."""
+    """depth < T, chunked: every contribution equals separate jax.grad calls to float64 rounding; a non-causal
+    policy (the same program with leak != 0) fails the causality check with a clear error, under jit too."""
     rng = np.random.default_rng(7)
     with jax.enable_x64(True):
         shapes = (("embed", (12, 6)), ("query", (6, 6)), ("head", (6, 12)))
-        params = {k: jnp.asarray(rng.normal(size=s)) for k, s in shapes}
+        params = {k: jnp.asarray(rng.normal(size=s)) for k, s in shapes} | {"leak": jnp.zeros(())}
         prompt, spec = jnp.asarray(PROMPT), methods.get("grpo", beta=0.0)
         logp_old = np.where(MASK > 0, -rng.uniform(1.0, 3.0, size=MASK.shape), 0.0)
         rewards = np.array([[1, 0, 0.5, 0], [0, 1, 1, 0.25]])
@@ -244,39 +254,41 @@ def test_truncated_chunked_backward_is_exact_float64():
         assert prefix.truncation_depth(tree, subsets, multiple=1) == 4  # shared tokens up to t = 3 (group 0)
         shared = np.asarray(tree.shared, np.float64)
         masks = [shared, 1.0 - shared, *np.asarray(subsets, np.float64)]
-        run = jax.jit(prefix.decompose, static_argnums=(0, 1), static_argnames=("depth", "chunk"))
-        for fn, truncated in ((_causal64, True), (functools.partial(_causal64, causal=False), False)):
-            dec = run(spec, fn, params, batch, subsets, prompt=prompt, depth=4, chunk=2)
-            assert bool(dec.truncated) is truncated  # non-causal: the check caught it, the full-length path ran
-            _check_against(dec, _separate(spec, fn, params, batch, prompt, masks), rel=1e-12)
+        dec = _DECOMPOSE(spec, _causal64, params, batch, subsets, prompt=prompt, depth=4, chunk=2)
+        assert bool(dec.truncated)
+        _check_against(dec, _separate(spec, _causal64, params, batch, prompt, masks), rel=1e-12)
+        leaky = params | {"leak": jnp.asarray(0.5)}
+        with pytest.raises(Exception, match="logprob_fn is not causal"):  # at run time, from the jitted call
+            jax.block_until_ready(_DECOMPOSE(spec, _causal64, leaky, batch, subsets, prompt=prompt, depth=4, chunk=2))
 
 
 @pytest.mark.parametrize("policy", ["tabular", "transformer"])
 def test_truncated_equals_untruncated_and_separate_grads(model, policy):
-    """float32: the truncated decomposition against the untruncated one and separate jax.grad calls."""
+    """float32: the truncated decomposition against separate jax.grad calls and the untruncated one."""
     if policy == "tabular":
-        # chunked, and a window (depth 3) that misses the shared token at t = 3: the exact full-length fallback
+        # chunked, against the untruncated path too; a window of 3 misses the shared token at t = 3: an error
         logprob_fn, params = P.tabular_logprob, P.tabular_init(jax.random.key(1), vocab=12, max_len=7)
-        rel, cases = 1e-6, ((4, 2, True), (3, 2, False))
+        rel, chunk = 1e-6, 2
     else:
         # float32 rounding of a transformer's gradient: the untruncated decomposition itself differs from
         # separate jax.grad calls by ~2e-6 (relative L2) here, whatever the truncation
-        (logprob_fn, params), rel, cases = model, 5e-6, ((4, None, True),)
+        (logprob_fn, params), rel, chunk = model, 5e-6, None
     batch = make_batch(logprob_fn, params, [[1.0, 0.0, 0.5, 0.0], [0.0, 1.0, 1.0, 0.25]])
     prompt, spec = jnp.asarray(PROMPT), methods.get("grpo", beta=0.0)
     tree = prefix.prefix_tree(TOKENS, MASK)
     subsets = prefix.depth_subsets(tree, 3)
     shared = np.asarray(tree.shared, np.float32)
     refs = _separate(spec, logprob_fn, params, batch, prompt, [shared, 1.0 - shared, *np.asarray(subsets, np.float32)])
-    run = jax.jit(prefix.decompose, static_argnums=(0, 1), static_argnames=("depth", "chunk"))
-    full = run(spec, logprob_fn, params, batch, subsets, prompt=prompt)  # traced tokens, no depth: T, untruncated
-    assert not bool(full.truncated)
-    for depth, chunk, truncated in cases:
-        fast = run(spec, logprob_fn, params, batch, subsets, prompt=prompt, depth=depth, chunk=chunk)
-        assert bool(fast.truncated) is truncated
+    fast = _DECOMPOSE(spec, logprob_fn, params, batch, subsets, prompt=prompt, depth=4, chunk=chunk)
+    assert bool(fast.truncated)
+    _check_against(fast, refs, rel=rel)
+    if policy == "tabular":
+        full = _DECOMPOSE(spec, logprob_fn, params, batch, subsets, prompt=prompt)  # traced tokens: T, untruncated
+        assert not bool(full.truncated)
         for a, b in ((fast.total, full.total), (fast.shared, full.shared), (fast.subsets, full.subsets)):
             assert_tree_close(a, b, rel=rel)
-        _check_against(fast, refs, rel=rel)
+        with pytest.raises(ValueError, match=r"lies at position 3 >= depth; pass depth > 3"):  # eager: concrete
+            prefix.decompose(spec, logprob_fn, params, batch, subsets, depth=3)
 
 
 def test_pullback_chunks_equal_one_vmap():
