@@ -51,6 +51,7 @@ __all__ = [
     "tree_norm",
     "tree_sequences",
     "truncation_depth",
+    "truncation_rows",
     "w_agg",
 ]
 
@@ -171,6 +172,7 @@ def decompose(
     *,
     prompt: ArrayLike | None = None,
     depth: int | None = None,
+    rows: int | None = None,
     chunk: int | None = None,
 ) -> Decomposition:
     """Splits grad_theta J into exact contributions of token subsets (Prop. 1, Eqs. 12-14).
@@ -183,26 +185,32 @@ def decompose(
     1. one forward pass over ``tokens [..., G, T]`` and one VJP with cotangent c: ``total``;
     2. **truncated backward**: the shared tokens and the ``subsets`` lie at positions < ``depth``,
        and by causality log pi_{i,t} depends on the prompt and ``tokens[..., i, :t+1]`` only, so
-       their contributions need the forward pass and the VJPs over ``tokens[..., :depth]`` alone
-       (one forward over the window, then a vmapped VJP of the 1 + K cotangents, ``chunk`` at a time);
+       their contributions need the forward pass and the VJPs over ``tokens[..., :depth]`` alone.
+       Moreover the completions of one prefix-tree node have the same log pi_{i,t} and the same
+       gradient (same prompt, same tokens <= t), so each node's coefficients are summed onto its
+       representative (Prop. 1's W_agg, for any subset) and the window runs on the ``rows``
+       completions per group that carry them: one forward over ``[..., rows, depth]``, then a
+       vmapped VJP of the 1 + K cotangents (shared, subsets), ``chunk`` at a time;
     3. ``divergent = total - shared`` by linearity (no VJP of its own).
 
     Causality (the policy's log-prob at position t depends on the tokens at positions <= t and
     the prompt only) is what step 2 needs; every policy in :mod:`jgrpo.policies` and every causal
-    LM satisfies it. Two cheap checks run on every truncated call (two scalars): the window's
-    log-probs equal the full pass's on the window's completion tokens (to 1024 ulp), and no
-    shared token or subset token lies at position ``depth`` or beyond. A failure raises: a
+    LM satisfies it. Three cheap checks run on every truncated call (three scalars): the window's
+    log-probs equal the full pass's on the window's completion tokens (to 1024 ulp), no shared
+    token or subset token lies at position ``depth`` or beyond, and no group needs more than
+    ``rows`` representatives. A failure raises: a
     ValueError with concrete inputs, else at run time from a ``jax.debug.callback`` (a
     ``JaxRuntimeError`` carrying the same message). The causality check compares values at
     ``params`` only: a policy whose values are causal there but whose gradient is not (a
     parameter, zero here, multiplying a term that reads later tokens) passes it; such a policy
-    needs ``depth`` >= T. A full-length fallback
-    under ``lax.cond`` was measured instead and made every call ~1.3-2x slower on the CPU (the
-    conditional's operands), so a window that does not fit is an error: pass a larger ``depth``
-    (or none: no truncation).
+    needs ``depth`` >= T and ``rows`` >= G. A full-length fallback under ``lax.cond`` was
+    measured instead and made every call ~1.3-2x slower on the CPU (the conditional's operands),
+    so a window that does not fit is an error: pass a larger one (or none under jit: no
+    truncation).
 
     Memory: with R_L the residuals of a forward pass over L completion positions (plus the
-    prompt), B_L the transient activation cotangents of one backward pass over them and |theta|
+    prompt) of every completion (R_depth: of ``rows`` completions per group), B_L the transient
+    activation cotangents of one backward pass over them and |theta|
     the parameter size, the peak is about
 
         R_T + R_depth + (K + 3) |theta| + chunk * (B_depth + |theta|)
@@ -216,11 +224,13 @@ def decompose(
     pytrees of arrays, ``depth`` and ``chunk`` static ints. Close over the former, pass the
     arrays, so that one compile serves every batch of the same shapes::
 
-        depth = prefix.truncation_depth(prefix.prefix_tree(tokens, mask))  # outside jit: concrete
+        tree = prefix.prefix_tree(tokens, mask)  # outside jit: concrete
+        depth = prefix.truncation_depth(tree)
+        rows = prefix.truncation_rows(tree, depth=depth)
 
         @jax.jit
         def run(params, batch, prompt):
-            return prefix.decompose(spec, logprob_fn, params, batch, prompt=prompt, depth=depth)
+            return prefix.decompose(spec, logprob_fn, params, batch, prompt=prompt, depth=depth, rows=rows)
 
     (``examples/decompose_own_model.py`` does this with a flax NNX model.)
 
@@ -237,6 +247,8 @@ def decompose(
       depth: static int >= 1, the length of the truncated window. None: with concrete tokens,
         :func:`truncation_depth` of the batch and ``subsets`` (rounded up to a multiple of 8);
         under jit (traced tokens) T, no truncation. >= T: no truncation.
+      rows: static int >= 1, the window's completions per group (node representatives). None:
+        with concrete tokens :func:`truncation_rows`, under jit G. >= G: every completion.
       chunk: static int >= 1, how many of the 1 + K cotangents (shared, subsets) one vmapped VJP
         takes (a ``lax.fori_loop`` over the chunks); None: all at once.
 
@@ -254,6 +266,8 @@ def decompose(
         raise ValueError("decompose needs batch.tokens (token ids) to find the shared prefixes")
     if depth is not None:
         depth = check_static_int("depth", depth, low=1)
+    if rows is not None:
+        rows = check_static_int("rows", rows, low=1)
     if chunk is not None:
         chunk = check_static_int("chunk", chunk, low=1)
     _check_protocol(logprob_fn)
@@ -270,20 +284,31 @@ def decompose(
         masks = jnp.concatenate([masks, subsets.astype(coef.dtype)])
     cot = (masks * coef[None]).astype(logp.dtype)  # [1 + K, ..., G, T]: shared, then the subsets
     (total,) = vjp_full(coef.astype(logp.dtype))
+    g = tokens.shape[-2]
     if depth is None:
         depth = truncation_depth(tree, subsets) if is_concrete(cot) else t
+    depth = min(depth, t)
+    if rows is None:
+        rows = truncation_rows(tree, subsets, depth=depth) if is_concrete(cot) else g
+    rows = min(rows, g)
 
-    if depth >= t:
+    if depth >= t and rows >= g:
         parts, truncated = _pullback(vjp_full, cot, chunk), jnp.zeros((), bool)
     else:
-        logp_d, vjp_d = jax.vjp(lambda p: logprob_fn(p, tokens[..., :depth], prompt), params)
-        if logp_d.shape != tokens[..., :depth].shape:
+        cot = _to_representatives(cot, tree)  # each node's coefficients on its first member
+        need = jnp.any(cot[..., :depth] != 0, axis=(0, -1))  # [..., G]: carries a window cotangent
+        pick = jnp.argsort(~need, axis=-1, stable=True)[..., :rows]  # [..., R]: those first, then others
+        take = lambda x: jnp.take_along_axis(x, pick[..., None], axis=-2)[..., :depth]  # noqa: E731
+        tokens_w = take(tokens)
+        logp_d, vjp_d = jax.vjp(lambda p: logprob_fn(p, tokens_w, prompt), params)
+        if logp_d.shape != tokens_w.shape:
             raise ValueError(
-                f"logprob_fn must return logp of shape {tokens[..., :depth].shape} for tokens[..., :depth], "
-                f"got {logp_d.shape}"
+                f"logprob_fn must return logp of shape {tokens_w.shape} for the window's tokens, got {logp_d.shape}"
             )
-        _check_window(logp, logp_d, batch.mask, cot, depth)
-        parts, truncated = _pullback(vjp_d, cot[..., :depth], chunk), jnp.ones((), bool)
+        reach = jnp.max(jnp.where(jnp.any(cot != 0, axis=tuple(range(cot.ndim - 1))), jnp.arange(t), -1))
+        _check_window(take(logp), logp_d, take(jnp.asarray(batch.mask)), reach, jnp.max(jnp.sum(need, -1)), depth, rows)
+        cot_w = jax.vmap(take)(cot)
+        parts, truncated = _pullback(vjp_d, cot_w, chunk), jnp.ones((), bool)
     shared = jax.tree.map(lambda g: g[0], parts)
     extra = None if subsets is None else jax.tree.map(lambda g: g[1:], parts)
     return Decomposition(
@@ -315,38 +340,53 @@ def _check_protocol(logprob_fn: Callable) -> None:
         ) from None
 
 
-def _check_window(logp: jax.Array, logp_d: jax.Array, mask: ArrayLike, cot: jax.Array, depth: int) -> None:
+def _to_representatives(cot: jax.Array, tree: PrefixTree) -> jax.Array:
+    """``[K, ..., G, T]`` cotangents moved onto each node's representative: the sum over the node's members.
+
+    Exact for the pullback: the members of a node have the same log pi and the same gradient.
+    """
+    moved = jnp.einsum("...ijt,k...jt->k...it", tree.same_prefix.astype(cot.dtype), cot)
+    return jnp.where(tree.representative[None], moved, jnp.zeros((), cot.dtype))
+
+
+def _check_window(
+    head: jax.Array, logp_d: jax.Array, mask: jax.Array, reach: jax.Array, count: jax.Array, depth: int, rows: int
+) -> None:
     """Raises unless the window gives the exact contributions (see :func:`decompose`).
 
-    (1) every nonzero cotangent lies before ``depth``; (2) the window's log-probs equal the full pass's
-    on the window's completion tokens to 1024 ulp (the policy is causal, as far as one evaluation shows).
+    (1) the last nonzero cotangent, ``reach``, lies before ``depth``; (2) no group needs more than ``rows``
+    representatives (``count``); (3) the window's log-probs equal the full pass's (``head``) on its completion
+    tokens to 1024 ulp (the policy is causal, as far as one evaluation shows).
     Concrete inputs: ValueError now; traced: a ``jax.debug.callback`` that raises at run time.
     """
-    reach = jnp.max(jnp.where(jnp.any(cot != 0, axis=tuple(range(cot.ndim - 1))), jnp.arange(cot.shape[-1]), -1))
-    head = logp[..., :depth]
-    tol = 1024 * jnp.finfo(logp.dtype).eps * (1.0 + jnp.abs(head))
-    gap = jnp.where(jnp.asarray(mask)[..., :depth] > 0, jnp.abs(logp_d.astype(head.dtype) - head) - tol, -jnp.inf)
+    tol = 1024 * jnp.finfo(head.dtype).eps * (1.0 + jnp.abs(head))
+    gap = jnp.where(mask > 0, jnp.abs(logp_d.astype(head.dtype) - head) - tol, -jnp.inf)
     excess = jnp.max(gap)
 
-    def check(reach, excess):
+    def check(reach, count, excess):
         if int(reach) >= depth:
             raise ValueError(
                 f"decompose(depth={depth}): a shared-prefix or subset token lies at position {int(reach)} >= depth; "
                 f"pass depth > {int(reach)} (prefix.truncation_depth computes it) or depth=None under jit (no "
                 "truncation)"
             )
+        if int(count) > rows:
+            raise ValueError(
+                f"decompose(rows={rows}): a group has {int(count)} prefix-tree nodes' representatives in the window; "
+                "pass rows >= that (prefix.truncation_rows computes it) or rows=None under jit (every completion)"
+            )
         if float(excess) > 0:
             raise ValueError(
-                f"decompose(depth={depth}): logprob_fn is not causal: its log-probs over tokens[..., :{depth}] differ "
+                f"decompose(depth={depth}): logprob_fn is not causal: its log-probs over the window's tokens differ "
                 f"from the full pass's on those positions by up to {float(excess):.3g} beyond 1024 ulp; the "
                 "truncated backward needs log pi at position t to depend on the prompt and tokens <= t only. "
-                "Pass depth=None (under jit) or depth >= T for no truncation"
+                "Pass depth=None and rows=None (under jit), or depth >= T and rows >= G, for no truncation"
             )
 
-    if is_concrete(reach, excess):
-        check(reach, excess)
+    if is_concrete(reach, count, excess):
+        check(reach, count, excess)
     else:
-        jax.debug.callback(check, reach, excess)
+        jax.debug.callback(check, reach, count, excess)
 
 
 def _pullback(vjp: Callable, cot: jax.Array, chunk: int | None) -> Any:
@@ -398,6 +438,25 @@ def truncation_depth(tree: PrefixTree, subsets: ArrayLike | None = None, *, mult
     where = np.flatnonzero(np.any(used.reshape(-1, t), axis=0))
     end = int(where[-1]) + 1 if where.size else 1
     return min(t, -(-end // multiple) * multiple)
+
+
+def truncation_rows(tree: PrefixTree, subsets: ArrayLike | None = None, *, depth: int) -> int:
+    """The window's completions per group :func:`decompose` needs: the most prefix-tree nodes' representatives
+    that carry a shared or subset token at a position < ``depth`` in any group (at least 1).
+
+    Needs concrete values (call it outside jit, like :func:`truncation_depth`).
+
+    Raises:
+      ValueError: traced arguments, ``depth`` < 1 or ``subsets`` of the wrong shape.
+    """
+    depth = check_static_int("depth", depth, low=1)
+    if not is_concrete(tree.shared, subsets):
+        raise ValueError("truncation_rows needs concrete tree and subsets (call it outside jit)")
+    used = jnp.asarray(tree.shared)[None]
+    if subsets is not None:
+        used = jnp.concatenate([used, _check_subsets(subsets, used.shape[1:]) != 0])
+    moved = np.asarray(_to_representatives(used.astype(jnp.float32), tree))[..., :depth]
+    return max(1, int(np.max(np.sum(np.any(moved != 0, axis=(0, -1)), axis=-1), initial=0)))
 
 
 def depth_subsets(tree: PrefixTree, max_depth: int) -> jax.Array:

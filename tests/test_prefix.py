@@ -235,7 +235,7 @@ def _check_against(dec, refs, rel):
         assert_tree_close(a, b, rel=rel)
 
 
-_DECOMPOSE = jax.jit(prefix.decompose, static_argnums=(0, 1), static_argnames=("depth", "chunk"))
+_DECOMPOSE = jax.jit(prefix.decompose, static_argnums=(0, 1), static_argnames=("depth", "rows", "chunk"))
 
 
 def test_truncated_chunked_backward_is_exact_float64():
@@ -252,14 +252,17 @@ def test_truncated_chunked_backward_is_exact_float64():
         tree = prefix.prefix_tree(TOKENS, MASK)
         subsets = prefix.depth_subsets(tree, 3)
         assert prefix.truncation_depth(tree, subsets, multiple=1) == 4  # shared tokens up to t = 3 (group 0)
+        assert prefix.truncation_rows(tree, subsets, depth=4) == 2  # group 1: nodes [4, 4] (row 0), [4, 4, 1] (row 1)
         shared = np.asarray(tree.shared, np.float64)
         masks = [shared, 1.0 - shared, *np.asarray(subsets, np.float64)]
-        dec = _DECOMPOSE(spec, _causal64, params, batch, subsets, prompt=prompt, depth=4, chunk=2)
+        dec = _DECOMPOSE(spec, _causal64, params, batch, subsets, prompt=prompt, depth=4, rows=2, chunk=2)
         assert bool(dec.truncated)
         _check_against(dec, _separate(spec, _causal64, params, batch, prompt, masks), rel=1e-12)
         leaky = params | {"leak": jnp.asarray(0.5)}
         with pytest.raises(Exception, match="logprob_fn is not causal"):  # at run time, from the jitted call
-            jax.block_until_ready(_DECOMPOSE(spec, _causal64, leaky, batch, subsets, prompt=prompt, depth=4, chunk=2))
+            jax.block_until_ready(
+                _DECOMPOSE(spec, _causal64, leaky, batch, subsets, prompt=prompt, depth=4, rows=2, chunk=2)
+            )
 
 
 @pytest.mark.parametrize("policy", ["tabular", "transformer"])
@@ -279,7 +282,7 @@ def test_truncated_equals_untruncated_and_separate_grads(model, policy):
     subsets = prefix.depth_subsets(tree, 3)
     shared = np.asarray(tree.shared, np.float32)
     refs = _separate(spec, logprob_fn, params, batch, prompt, [shared, 1.0 - shared, *np.asarray(subsets, np.float32)])
-    fast = _DECOMPOSE(spec, logprob_fn, params, batch, subsets, prompt=prompt, depth=4, chunk=chunk)
+    fast = _DECOMPOSE(spec, logprob_fn, params, batch, subsets, prompt=prompt, depth=4, rows=2, chunk=chunk)
     assert bool(fast.truncated)
     _check_against(fast, refs, rel=rel)
     if policy == "tabular":
@@ -289,6 +292,8 @@ def test_truncated_equals_untruncated_and_separate_grads(model, policy):
             assert_tree_close(a, b, rel=rel)
         with pytest.raises(ValueError, match=r"lies at position 3 >= depth; pass depth > 3"):  # eager: concrete
             prefix.decompose(spec, logprob_fn, params, batch, subsets, depth=3)
+        with pytest.raises(ValueError, match=r"a group has 2 prefix-tree nodes' representatives"):
+            prefix.decompose(spec, logprob_fn, params, batch, subsets, depth=4, rows=1)
 
 
 def test_pullback_chunks_equal_one_vmap():
@@ -310,7 +315,7 @@ def test_decompose_protocol_and_static_arguments(model):
         prefix.decompose(spec, lambda p, tokens: logprob_fn(p, tokens), params, batch)
     with pytest.raises(TypeError, match=r"logprob_fn must take \(params, tokens, prompt\)"):
         prefix.effects(spec, lambda p, tokens: logprob_fn(p, tokens), params, batch, params)
-    for name, value in (("depth", 0), ("chunk", 0), ("depth", 2.0)):
+    for name, value in (("depth", 0), ("chunk", 0), ("depth", 2.0), ("rows", 0)):
         with pytest.raises(ValueError, match=f"{name} must be a static Python int >= 1"):
             prefix.decompose(spec, logprob_fn, params, batch, **{name: value})
     tree = prefix.prefix_tree(TOKENS, MASK)
