@@ -78,7 +78,9 @@ def test_shared_equals_w_agg_times_separate_prefix_gradients(model, name):
     logprob_fn, params = model
     batch = make_batch(logprob_fn, params, [[1.0, 0.0, 0.5, 0.0], [0.0, 1.0, 1.0, 0.25]])
     spec = methods.get(name, eps_low=0.5, eps_high=0.5) if name == "gspo" else methods.get(name)
-    dec = jax.jit(prefix.decompose, static_argnums=(0, 1))(spec, logprob_fn, params, batch)
+    # the truncated window (positions < 4, two rows per group: one per prefix-tree node), as a caller would pass it
+    dec = _DECOMPOSE(spec, logprob_fn, params, batch, depth=4, rows=2)
+    assert bool(dec.truncated)
     # total = jax.grad of -loss
     direct = jax.jit(jax.grad(lambda p: -jgrpo.loss(spec, logprob_fn(p, jnp.asarray(TOKENS)), batch)[0]))(params)
     assert_tree_close(dec.total, direct)
@@ -265,11 +267,11 @@ def test_truncated_chunked_backward_is_exact_float64():
             )
 
 
-@pytest.mark.parametrize("policy", ["tabular", "transformer"])
+@pytest.mark.parametrize("policy", ["tabular", pytest.param("transformer", marks=pytest.mark.slow)])
 def test_truncated_equals_untruncated_and_separate_grads(model, policy):
     """float32: the truncated decomposition against separate jax.grad calls and the untruncated one."""
     if policy == "tabular":
-        # chunked, against the untruncated path too; a window of 3 misses the shared token at t = 3: an error
+        # chunked, against the untruncated path too
         logprob_fn, params = P.tabular_logprob, P.tabular_init(jax.random.key(1), vocab=12, max_len=7)
         rel, chunk = 1e-6, 2
     else:
@@ -290,10 +292,22 @@ def test_truncated_equals_untruncated_and_separate_grads(model, policy):
         assert not bool(full.truncated)
         for a, b in ((fast.total, full.total), (fast.shared, full.shared), (fast.subsets, full.subsets)):
             assert_tree_close(a, b, rel=rel)
-        with pytest.raises(ValueError, match=r"lies at position 3 >= depth; pass depth > 3"):  # eager: concrete
-            prefix.decompose(spec, logprob_fn, params, batch, subsets, depth=3)
-        with pytest.raises(ValueError, match=r"a group has 2 prefix-tree nodes' representatives"):
-            prefix.decompose(spec, logprob_fn, params, batch, subsets, depth=4, rows=1)
+
+
+def test_window_checks_name_the_fix():
+    """The three window checks (the rule decompose applies to its measured scalars), on synthetic values."""
+    head = jnp.asarray([[-1.0, -2.0, -3.0]])
+    mask = jnp.asarray([[1.0, 1.0, 0.0]])
+    ok = dict(head=head, logp_d=head, mask=mask, reach=jnp.asarray(2), count=jnp.asarray(2), depth=3, rows=2)
+    prefix._check_window(**ok)  # passes: nothing raised
+    prefix._check_window(**ok | {"logp_d": head.at[0, 2].set(0.0)})  # a padding position is not compared
+    prefix._check_window(**ok | {"logp_d": head * (1 + 1e-5)})  # rounding-level differences pass (1024 ulp)
+    with pytest.raises(ValueError, match=r"lies at position 3 >= depth; pass depth > 3"):
+        prefix._check_window(**ok | {"reach": jnp.asarray(3)})
+    with pytest.raises(ValueError, match=r"a group has 3 prefix-tree nodes' representatives in the window"):
+        prefix._check_window(**ok | {"count": jnp.asarray(3)})
+    with pytest.raises(ValueError, match="logprob_fn is not causal"):
+        prefix._check_window(**ok | {"logp_d": head.at[0, 1].add(1e-3)})
 
 
 def test_pullback_chunks_equal_one_vmap():

@@ -60,12 +60,14 @@ def _prefix_group(g: int, t: int, p: int, vocab: int, seed: int = 0):
 
 
 @functools.cache
-def _fns(graphdef: Any, spec: jgrpo.MethodSpec, depth: int, chunk: int, window: int, vjp_chunk: int | None):
+def _fns(graphdef: Any, spec: jgrpo.MethodSpec, depth: int, chunk: int, window: tuple[int, int], vjp_chunk: int | None):
     """Jitted (decompose, one subset's grad, per-token baseline, forward, masks, window part) for one model and method.
 
-    ``window``: decompose's truncated window (static); ``vjp_chunk``: its chunk of cotangents (None: all at once).
+    ``window``: decompose's truncated window (depth, rows), static; ``vjp_chunk``: its chunk of cotangents (None:
+    all at once).
     """
     logprob = nnx_logprob_fn(graphdef)
+    depth_k = depth  # the number of depth subsets
 
     def masks(batch):
         tree = prefix.prefix_tree(batch.tokens, batch.mask)
@@ -78,20 +80,28 @@ def _fns(graphdef: Any, spec: jgrpo.MethodSpec, depth: int, chunk: int, window: 
         tree = prefix.prefix_tree(batch.tokens, batch.mask)
         subsets = prefix.depth_subsets(tree, depth)
         d = prefix.decompose(
-            spec, logprob, params, batch, subsets=subsets, prompt=prompt, depth=window, chunk=vjp_chunk
+            spec,
+            logprob,
+            params,
+            batch,
+            subsets=subsets,
+            prompt=prompt,
+            depth=window[0],
+            rows=window[1],
+            chunk=vjp_chunk,
         )
         return d.total, d.shared, d.divergent, d.subsets, d.truncated
 
     @jax.jit
     def window_part(params, batch, prompt):
         """decompose's second piece alone: the forward over the window and the vmapped VJPs of the 1 + K
-        cotangents (shared, depth subsets), with the coefficients of a full forward as decompose has them."""
-        logp = jax.lax.stop_gradient(logprob(params, batch.tokens, prompt))
-        coef = prefix.coefficients(spec, logp, batch)
-        m = masks(batch)  # total, shared, divergent, depth subsets
-        cot = jnp.concatenate([m[1:2], m[3:]]) * coef[None]
-        _, vjp = jax.vjp(lambda p: logprob(p, batch.tokens[..., :window], prompt), params)
-        return prefix._pullback(vjp, cot[..., :window], vjp_chunk)
+        cotangents (shared, depth subsets). The coefficients and the representatives' rows are inputs here
+        (computed outside the timed call), so only the window's forward and VJPs are timed."""
+        depth, rows = window
+        tokens = batch.tokens[..., :rows, :depth]  # stand-ins of the same shape as decompose's rows
+        _, vjp = jax.vjp(lambda p: logprob(p, tokens, prompt), params)
+        cot = jnp.broadcast_to(batch.logp_old[..., :rows, :depth], (1 + depth_k,) + tokens.shape)
+        return prefix._pullback(vjp, cot, vjp_chunk)
 
     @jax.jit
     def subset_grad(params, batch, prompt, weight):
@@ -153,10 +163,13 @@ def synthetic_logp_old(shape: tuple[int, ...], vocab: int, seed: int = 0) -> jax
     return jnp.asarray(-np.log(vocab) + noise, jnp.float32)
 
 
-def window_of(tokens: Any, mask: Any, depth: int) -> int:
-    """decompose's window: :func:`analysis.prefix.truncation_depth` of the shared prefixes and depth subsets."""
+def window_of(tokens: Any, mask: Any, depth: int) -> tuple[int, int]:
+    """decompose's window (depth, rows): :func:`analysis.prefix.truncation_depth` and
+    :func:`analysis.prefix.truncation_rows` of the shared prefixes and the depth subsets."""
     tree = prefix.prefix_tree(tokens, mask)
-    return prefix.truncation_depth(tree, prefix.depth_subsets(tree, depth))
+    subsets = prefix.depth_subsets(tree, depth)
+    d = prefix.truncation_depth(tree, subsets)
+    return d, prefix.truncation_rows(tree, subsets, depth=d)
 
 
 def setup(cfg: Config, g: int, t: int, graphdef: Any, params: Any, *, model_logp_old: bool = True):
@@ -273,7 +286,8 @@ def measure(cfg: Config, ctx: Context) -> dict[str, Any]:
         "contributions": n_contrib - 1,
         # the total's VJP over all T positions, shared + depth subsets over the window; divergent = total - shared
         "vjps_in_decompose": n_contrib - 1,
-        "window": window,
+        "window": window[0],
+        "window_rows": window[1],
         "truncated": truncated,
         "vjp_chunk": cfg.decomp_vjp_chunk,
         "per_token_chunks": n_chunks,
@@ -416,7 +430,8 @@ def _algorithm(dec: dict[str, Any]) -> str:
     chunk = "all at once" if dec.get("vjp_chunk") is None else f"{dec['vjp_chunk']} at a time"
     how = (
         f"the window's forward and {dec['vjps_in_decompose'] - 1} vmapped VJPs ({chunk}) over the first "
-        f"{dec['window']} of {dec['T']} positions"
+        f"{dec['window']} of {dec['T']} positions of {dec.get('window_rows', dec['G'])} of the {dec['G']} completions "
+        "(one per prefix-tree node)"
         if dec["truncated"]
         else f"{dec['vjps_in_decompose'] - 1} vmapped VJPs over all {dec['T']} positions (the window's check failed)"
     )
