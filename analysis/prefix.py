@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -259,7 +260,8 @@ def decompose(
       ValueError: ``batch.tokens`` is missing, ``subsets`` has the wrong shape, ``depth`` or
         ``chunk`` is not a static int >= 1, ``logprob_fn`` returns the wrong shape, or (concrete
         inputs) the window check fails.
-      TypeError: ``logprob_fn`` does not take ``(params, tokens, prompt)``.
+      TypeError: ``logprob_fn`` does not take ``(params, tokens, prompt)`` (a legacy ``(params, tokens)``
+        function is accepted with a DeprecationWarning when ``prompt`` is None).
       jax.errors.JaxRuntimeError: under jit, the window check fails (the message of the ValueError).
     """
     if batch.tokens is None:
@@ -270,7 +272,7 @@ def decompose(
         rows = check_static_int("rows", rows, low=1)
     if chunk is not None:
         chunk = check_static_int("chunk", chunk, low=1)
-    _check_protocol(logprob_fn)
+    logprob_fn = _as_protocol(logprob_fn, prompt)
     tokens = jnp.asarray(batch.tokens)
     t = tokens.shape[-1]
     logp, vjp_full = jax.vjp(lambda p: logprob_fn(p, tokens, prompt), params)
@@ -324,20 +326,40 @@ def decompose(
     )
 
 
-def _check_protocol(logprob_fn: Callable) -> None:
-    """TypeError when ``logprob_fn`` cannot be called as ``(params, tokens, prompt)`` (the jgrpo.policies protocol)."""
+def _as_protocol(logprob_fn: Callable, prompt: Any) -> LogprobFn:
+    """``logprob_fn`` as ``(params, tokens, prompt) -> logp`` (the protocol of :mod:`jgrpo.policies`).
+
+    A function of ``(params, tokens)`` only (the interface before the protocol, e.g. a
+    ``functools.partial`` binding the prompt) is still accepted when ``prompt`` is None, with a
+    DeprecationWarning; with a prompt it is a TypeError.
+    """
     try:
         sig = inspect.signature(logprob_fn)
     except (TypeError, ValueError):  # builtins and some C callables have no signature: let the call decide
-        return
+        return logprob_fn
     try:
         sig.bind(None, None, None)
+        return logprob_fn
     except TypeError:
+        pass
+    try:
+        sig.bind(None, None)
+    except TypeError:
+        legacy = False
+    else:
+        legacy = prompt is None
+    if not legacy:
         raise TypeError(
             f"logprob_fn must take (params, tokens, prompt) (the protocol of jgrpo.policies; prompt may be None), "
-            f"got a function with signature {sig}; wrap an old (params, tokens) function as "
-            "lambda params, tokens, prompt: fn(params, tokens)"
-        ) from None
+            f"got a function with signature {sig}" + ("" if prompt is None else " and a prompt it cannot take")
+        )
+    warnings.warn(
+        "logprob_fn(params, tokens) is deprecated: pass logprob_fn(params, tokens, prompt) and prompt=... "
+        "(the protocol of jgrpo.policies)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return lambda params, tokens, _prompt: logprob_fn(params, tokens)
 
 
 def _to_representatives(cot: jax.Array, tree: PrefixTree) -> jax.Array:
@@ -512,9 +534,10 @@ def directional_logp(
     Raises:
       ValueError: ``directions`` is not a pytree like ``params`` with a leading axis D, or ``logprob_fn``
         returns the wrong shape.
-      TypeError: ``logprob_fn`` does not take ``(params, tokens, prompt)``.
+      TypeError: ``logprob_fn`` does not take ``(params, tokens, prompt)`` (a legacy ``(params, tokens)``
+        function is accepted with a DeprecationWarning when ``prompt`` is None).
     """
-    _check_protocol(logprob_fn)
+    logprob_fn = _as_protocol(logprob_fn, prompt)
     tokens = jnp.asarray(tokens)
     p_leaves = jax.tree.leaves(params)
     d_leaves = jax.tree.leaves(directions)
@@ -593,7 +616,8 @@ def effects(
 
     Raises:
       ValueError: ``batch.tokens`` missing, ``subsets`` or ``directions`` of the wrong shape.
-      TypeError: ``logprob_fn`` does not take ``(params, tokens, prompt)``.
+      TypeError: ``logprob_fn`` does not take ``(params, tokens, prompt)`` (a legacy ``(params, tokens)``
+        function is accepted with a DeprecationWarning when ``prompt`` is None).
     """
     if batch.tokens is None:
         raise ValueError("effects needs batch.tokens (token ids) to find the shared prefixes")

@@ -78,9 +78,11 @@ def test_shared_equals_w_agg_times_separate_prefix_gradients(model, name):
     logprob_fn, params = model
     batch = make_batch(logprob_fn, params, [[1.0, 0.0, 0.5, 0.0], [0.0, 1.0, 1.0, 0.25]])
     spec = methods.get(name, eps_low=0.5, eps_high=0.5) if name == "gspo" else methods.get(name)
-    # the truncated window (positions < 4, two rows per group: one per prefix-tree node), as a caller would pass it
-    dec = _DECOMPOSE(spec, logprob_fn, params, batch, depth=4, rows=2)
-    assert bool(dec.truncated)
+    # grpo: the truncated window (positions < 4, two rows per group: one per prefix-tree node) as a caller would
+    # pass it; the other methods: the default under jit (untruncated)
+    window = dict(depth=4, rows=2) if name == "grpo" else {}
+    dec = _DECOMPOSE(spec, logprob_fn, params, batch, **window)
+    assert bool(dec.truncated) is (name == "grpo")
     # total = jax.grad of -loss
     direct = jax.jit(jax.grad(lambda p: -jgrpo.loss(spec, logprob_fn(p, jnp.asarray(TOKENS)), batch)[0]))(params)
     assert_tree_close(dec.total, direct)
@@ -244,6 +246,13 @@ def test_truncated_chunked_backward_is_exact_float64():
     """depth < T, chunked: every contribution equals separate jax.grad calls to float64 rounding; a non-causal
     policy (the same program with leak != 0) fails the causality check with a clear error, under jit too."""
     rng = np.random.default_rng(7)
+    tree = prefix.prefix_tree(TOKENS, MASK)
+    subsets = prefix.depth_subsets(tree, 3)
+    assert prefix.truncation_depth(tree, subsets, multiple=1) == 4  # shared tokens up to t = 3 (group 0)
+    assert prefix.truncation_rows(tree, subsets, depth=4) == 2  # group 1: nodes [4, 4] (row 0), [4, 4, 1] (row 1)
+    shared = np.asarray(tree.shared, np.float64)
+    masks = [shared, 1.0 - shared, *np.asarray(subsets, np.float64)]
+    subsets = np.asarray(subsets)
     with jax.enable_x64(True):
         shapes = (("embed", (12, 6)), ("query", (6, 6)), ("head", (6, 12)))
         params = {k: jnp.asarray(rng.normal(size=s)) for k, s in shapes} | {"leak": jnp.zeros(())}
@@ -251,12 +260,6 @@ def test_truncated_chunked_backward_is_exact_float64():
         logp_old = np.where(MASK > 0, -rng.uniform(1.0, 3.0, size=MASK.shape), 0.0)
         rewards = np.array([[1, 0, 0.5, 0], [0, 1, 1, 0.25]])
         batch = jgrpo.GroupBatch(mask=MASK, logp_old=logp_old, rewards=rewards, tokens=TOKENS)
-        tree = prefix.prefix_tree(TOKENS, MASK)
-        subsets = prefix.depth_subsets(tree, 3)
-        assert prefix.truncation_depth(tree, subsets, multiple=1) == 4  # shared tokens up to t = 3 (group 0)
-        assert prefix.truncation_rows(tree, subsets, depth=4) == 2  # group 1: nodes [4, 4] (row 0), [4, 4, 1] (row 1)
-        shared = np.asarray(tree.shared, np.float64)
-        masks = [shared, 1.0 - shared, *np.asarray(subsets, np.float64)]
         dec = _DECOMPOSE(spec, _causal64, params, batch, subsets, prompt=prompt, depth=4, rows=2, chunk=2)
         assert bool(dec.truncated)
         _check_against(dec, _separate(spec, _causal64, params, batch, prompt, masks), rel=1e-12)
@@ -325,10 +328,15 @@ def test_decompose_protocol_and_static_arguments(model):
     logprob_fn, params = model
     batch = make_batch(logprob_fn, params, [[1.0, 0.0, 0.5, 0.0], [0.0, 1.0, 1.0, 0.25]])
     spec = methods.get("grpo", beta=0.0)
+    legacy = lambda p, tokens: logprob_fn(p, tokens)  # noqa: E731  (the interface before the protocol)
+    with pytest.raises(TypeError, match=r"logprob_fn must take \(params, tokens, prompt\).*a prompt it cannot take"):
+        prefix.decompose(spec, legacy, params, batch, prompt=jnp.asarray(PROMPT))
     with pytest.raises(TypeError, match=r"logprob_fn must take \(params, tokens, prompt\)"):
-        prefix.decompose(spec, lambda p, tokens: logprob_fn(p, tokens), params, batch)
-    with pytest.raises(TypeError, match=r"logprob_fn must take \(params, tokens, prompt\)"):
-        prefix.effects(spec, lambda p, tokens: logprob_fn(p, tokens), params, batch, params)
+        prefix.effects(spec, lambda p: p, params, batch, params)
+    with pytest.warns(DeprecationWarning, match=r"logprob_fn\(params, tokens\) is deprecated"):
+        wrapped = prefix._as_protocol(legacy, None)
+    np.testing.assert_array_equal(wrapped(params, jnp.asarray(TOKENS), None), logprob_fn(params, jnp.asarray(TOKENS)))
+    assert prefix._as_protocol(P.tabular_logprob, None) is P.tabular_logprob
     for name, value in (("depth", 0), ("chunk", 0), ("depth", 2.0), ("rows", 0)):
         with pytest.raises(ValueError, match=f"{name} must be a static Python int >= 1"):
             prefix.decompose(spec, logprob_fn, params, batch, **{name: value})
