@@ -242,6 +242,7 @@ def _check_against(dec, refs, rel):
 _DECOMPOSE = jax.jit(prefix.decompose, static_argnums=(0, 1), static_argnames=("depth", "rows", "chunk"))
 
 
+@pytest.mark.slow  # ~10 s of float64 compiles; make test keeps the float32 tabular check and the window rules
 def test_truncated_chunked_backward_is_exact_float64():
     """depth < T, chunked: every contribution equals separate jax.grad calls to float64 rounding; a non-causal
     policy (the same program with leak != 0) fails the causality check with a clear error, under jit too."""
