@@ -176,7 +176,7 @@ def decompose(
     rows: int | None = None,
     chunk: int | None = None,
 ) -> Decomposition:
-    """Splits grad_theta J into exact contributions of token subsets (Prop. 1, Eqs. 12-14).
+    """Splits grad_theta J into exact contributions of token subsets (Prop. 1, Eqs. 15-18).
 
     The contribution of a token subset S is ``g_S = sum_{(i,t) in S} c_{i,t} grad log pi_{i,t}``
     with ``c = dJ/dlogp`` (:func:`coefficients`), exactly the gradient of J restricted to S; on
@@ -188,7 +188,7 @@ def decompose(
        and by causality log pi_{i,t} depends on the prompt and ``tokens[..., i, :t+1]`` only, so
        their contributions need the forward pass and the VJPs over ``tokens[..., :depth]`` alone.
        Moreover the completions of one prefix-tree node have the same log pi_{i,t} and the same
-       gradient (same prompt, same tokens <= t), so each node's coefficients are summed onto its
+       gradient (same prompt, same tokens <= t: Eq. 17), so each node's coefficients are summed onto its
        representative (Prop. 1's W_agg, for any subset) and the window runs on the ``rows``
        completions per group that carry them: one forward over ``[..., rows, depth]``, then a
        vmapped VJP of the 1 + K cotangents (shared, subsets), ``chunk`` at a time;
