@@ -8,9 +8,10 @@ zero, so W_agg = 0 there; with GRPO's 1/|o_i| weights they do not, and the share
 are pushed by the completions' lengths.
 
 This script brings its own model (a small flax NNX module, not jgrpo's), wraps it as
-``logprob_fn(params, tokens) -> logp``, and calls ``analysis.prefix.decompose`` under
-``jax.jit``: the exact gradient split into shared-prefix / divergent / per-depth parts,
-one forward pass and a vmapped VJP.
+``logprob_fn(params, tokens, prompt) -> logp`` (the protocol of jgrpo.policies), and calls
+``analysis.prefix.decompose`` under ``jax.jit``: the exact gradient split into shared-prefix /
+divergent / per-depth parts. The model is causal, so the shared prefixes (here the first two
+positions) need the backward pass over ``depth=2`` positions only.
 
     python examples/decompose_own_model.py
 """
@@ -76,7 +77,7 @@ def main(*, vocab: int = 12, width: int = 32, seed: int = 0, methods=("dr_grpo",
         @jax.jit
         def run(params, batch, prompt):
             subsets = prefix.depth_subsets(prefix.prefix_tree(batch.tokens, batch.mask), 2)  # depth 0 and depth 1
-            dec = prefix.decompose(spec, lambda p, tok: logprob_fn(p, tok, prompt), params, batch, subsets)
+            dec = prefix.decompose(spec, logprob_fn, params, batch, subsets, prompt=prompt, depth=2)
             # exact split: total = shared + divergent, and here the per-depth parts add up to the shared part
             split_gap = jax.tree.map(lambda t, s, d: t - s - d, dec.total, dec.shared, dec.divergent)
             depth_gap = jax.tree.map(lambda s, k: s - k.sum(0), dec.shared, dec.subsets)

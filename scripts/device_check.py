@@ -162,10 +162,11 @@ def main(argv=None) -> dict:
         from analysis import prefix
 
         prompt_j = jnp.asarray(prompt)
+        depth = prefix.truncation_depth(prefix.prefix_tree(tokens, mask))  # the shared 8-token prefix: window 8
 
         @jax.jit
         def decomposition(params, batch):
-            d = prefix.decompose(spec, lambda q, tok: logprob(q, tok, prompt_j), params, batch)
+            d = prefix.decompose(spec, logprob, params, batch, prompt=prompt_j, depth=depth)
             return d.total, d.shared, d.w_agg
 
         first, times, out = timed(decomposition, params, batch, repeats=2)

@@ -33,7 +33,12 @@ PROMPT = np.array([[9, 10], [11, 9]], np.int32)
 def model():
     graphdef, params = make_transformer(jax.random.key(0), TransformerConfig.tiny(vocab=12, max_len=10))
     fn = nnx_logprob_fn(graphdef)
-    return functools.partial(fn, prompt=jnp.asarray(PROMPT)), params
+    return _bind(fn, jnp.asarray(PROMPT)), params
+
+
+def _bind(fn, prompt):
+    """``(params, tokens, prompt=None)`` with the prompt bound (the protocol's signature, prompt ignored)."""
+    return lambda params, tokens, _=None: fn(params, tokens, prompt)
 
 
 def assert_tree_close(a, b, rel=1e-5):
@@ -73,7 +78,11 @@ def test_shared_equals_w_agg_times_separate_prefix_gradients(model, name):
     logprob_fn, params = model
     batch = make_batch(logprob_fn, params, [[1.0, 0.0, 0.5, 0.0], [0.0, 1.0, 1.0, 0.25]])
     spec = methods.get(name, eps_low=0.5, eps_high=0.5) if name == "gspo" else methods.get(name)
-    dec = jax.jit(prefix.decompose, static_argnums=(0, 1))(spec, logprob_fn, params, batch)
+    # grpo: the truncated window (positions < 4, two rows per group: one per prefix-tree node) as a caller would
+    # pass it; the other methods: the default under jit (untruncated)
+    window = dict(depth=4, rows=2) if name == "grpo" else {}
+    dec = _DECOMPOSE(spec, logprob_fn, params, batch, **window)
+    assert bool(dec.truncated) is (name == "grpo")
     # total = jax.grad of -loss
     direct = jax.jit(jax.grad(lambda p: -jgrpo.loss(spec, logprob_fn(p, jnp.asarray(TOKENS)), batch)[0]))(params)
     assert_tree_close(dec.total, direct)
@@ -179,6 +188,166 @@ def test_decompose_needs_tokens(model):
     batch = make_batch(logprob_fn, params, [[1.0, 0.0, 0.5, 0.0], [0.0, 1.0, 1.0, 0.25]])
     with pytest.raises(ValueError, match="needs batch.tokens"):
         prefix.decompose(methods.get("grpo"), logprob_fn, params, batch.replace(tokens=None))
+
+
+# ----------------------------------------------------------------------------- truncated, chunked backward
+
+
+def _causal64(params, tokens, prompt):
+    """A one-layer attention LM in float64, written here (not jgrpo's): ``(params, tokens [..., G, T], prompt)``.
+
+    Position t of the completion reads the prompt and y_<t through causal attention, plus ``params["leak"]**2`` times
+    the mean embedding of the whole sequence: with leak = 0 it is causal, with leak != 0 every position also sees
+    the later tokens (one compiled program for both).
+    """
+    lead, p = tokens.shape[:-1], prompt.shape[-1]
+    ids = jnp.concatenate([jnp.broadcast_to(prompt[..., None, :], lead + (p,)), tokens], axis=-1)
+    x = params["embed"][ids]  # [..., G, L, D]
+    n = ids.shape[-1]
+    scores = jnp.einsum("...id,de,...je->...ij", x, params["query"], x)
+    scores = jnp.where(jnp.tril(jnp.ones((n, n), bool)), scores, -jnp.inf)
+    h = jnp.einsum("...ij,...jd->...id", jax.nn.softmax(scores, axis=-1), x) + x
+    # leak**2: at leak = 0 the gradient is causal too (leak * mean(x) would give leak a gradient from later tokens)
+    h = jnp.tanh(h + params["leak"] ** 2 * jnp.mean(x, axis=-2, keepdims=True))
+    logp_v = jax.nn.log_softmax(h @ params["head"], axis=-1)[..., p - 1 : -1, :]
+    return jnp.take_along_axis(logp_v, tokens[..., None], axis=-1)[..., 0]
+
+
+@functools.cache
+def _separate_fn(spec, logprob_fn):
+    """The reference: one jax.grad of sum_S sg[c] logp per token subset S (full length, no vmap; one compile)."""
+
+    @jax.jit
+    def run(params, batch, prompt, masks):
+        tokens = jnp.asarray(batch.tokens)
+        coef = prefix.coefficients(spec, logprob_fn(params, tokens, prompt), batch)
+        grad = jax.grad(lambda p, w: jnp.sum(w * coef * logprob_fn(p, tokens, prompt)))
+        return jax.lax.map(lambda w: grad(params, w), masks)  # sequential: K separate gradients
+
+    return run
+
+
+def _separate(spec, logprob_fn, params, batch, prompt, masks):
+    out = _separate_fn(spec, logprob_fn)(params, batch, prompt, jnp.asarray(np.stack(masks)))
+    return [jax.tree.map(lambda x, k=k: x[k], out) for k in range(len(masks))]
+
+
+def _check_against(dec, refs, rel):
+    got = [dec.shared, dec.divergent] + [jax.tree.map(lambda x, k=k: x[k], dec.subsets) for k in range(len(refs) - 2)]
+    for k, (a, b) in enumerate(zip(got, refs, strict=True)):
+        assert float(prefix.tree_norm(b)) > 0, k
+        assert_tree_close(a, b, rel=rel)
+
+
+_DECOMPOSE = jax.jit(prefix.decompose, static_argnums=(0, 1), static_argnames=("depth", "rows", "chunk"))
+
+
+@pytest.mark.slow  # ~10 s of float64 compiles; make test keeps the float32 tabular check and the window rules
+def test_truncated_chunked_backward_is_exact_float64():
+    """depth < T, chunked: every contribution equals separate jax.grad calls to float64 rounding; a non-causal
+    policy (the same program with leak != 0) fails the causality check with a clear error, under jit too."""
+    rng = np.random.default_rng(7)
+    tree = prefix.prefix_tree(TOKENS, MASK)
+    subsets = prefix.depth_subsets(tree, 3)
+    assert prefix.truncation_depth(tree, subsets, multiple=1) == 4  # shared tokens up to t = 3 (group 0)
+    assert prefix.truncation_rows(tree, subsets, depth=4) == 2  # group 1: nodes [4, 4] (row 0), [4, 4, 1] (row 1)
+    shared = np.asarray(tree.shared, np.float64)
+    masks = [shared, 1.0 - shared, *np.asarray(subsets, np.float64)]
+    subsets = np.asarray(subsets)
+    with jax.enable_x64(True):
+        shapes = (("embed", (12, 6)), ("query", (6, 6)), ("head", (6, 12)))
+        params = {k: jnp.asarray(rng.normal(size=s)) for k, s in shapes} | {"leak": jnp.zeros(())}
+        prompt, spec = jnp.asarray(PROMPT), methods.get("grpo", beta=0.0)
+        logp_old = np.where(MASK > 0, -rng.uniform(1.0, 3.0, size=MASK.shape), 0.0)
+        rewards = np.array([[1, 0, 0.5, 0], [0, 1, 1, 0.25]])
+        batch = jgrpo.GroupBatch(mask=MASK, logp_old=logp_old, rewards=rewards, tokens=TOKENS)
+        dec = _DECOMPOSE(spec, _causal64, params, batch, subsets, prompt=prompt, depth=4, rows=2, chunk=2)
+        assert bool(dec.truncated)
+        _check_against(dec, _separate(spec, _causal64, params, batch, prompt, masks), rel=1e-12)
+        leaky = params | {"leak": jnp.asarray(0.5)}
+        with pytest.raises(Exception, match="logprob_fn is not causal"):  # at run time, from the jitted call
+            jax.block_until_ready(
+                _DECOMPOSE(spec, _causal64, leaky, batch, subsets, prompt=prompt, depth=4, rows=2, chunk=2)
+            )
+
+
+@pytest.mark.parametrize("policy", ["tabular", pytest.param("transformer", marks=pytest.mark.slow)])
+def test_truncated_equals_untruncated_and_separate_grads(model, policy):
+    """float32: the truncated decomposition against separate jax.grad calls and the untruncated one."""
+    if policy == "tabular":
+        # chunked, against the untruncated path too
+        logprob_fn, params = P.tabular_logprob, P.tabular_init(jax.random.key(1), vocab=12, max_len=7)
+        rel, chunk = 1e-6, 2
+    else:
+        # float32 rounding of a transformer's gradient: the untruncated decomposition itself differs from
+        # separate jax.grad calls by ~2e-6 (relative L2) here, whatever the truncation
+        (logprob_fn, params), rel, chunk = model, 5e-6, None
+    batch = make_batch(logprob_fn, params, [[1.0, 0.0, 0.5, 0.0], [0.0, 1.0, 1.0, 0.25]])
+    prompt, spec = jnp.asarray(PROMPT), methods.get("grpo", beta=0.0)
+    tree = prefix.prefix_tree(TOKENS, MASK)
+    subsets = prefix.depth_subsets(tree, 3)
+    shared = np.asarray(tree.shared, np.float32)
+    refs = _separate(spec, logprob_fn, params, batch, prompt, [shared, 1.0 - shared, *np.asarray(subsets, np.float32)])
+    fast = _DECOMPOSE(spec, logprob_fn, params, batch, subsets, prompt=prompt, depth=4, rows=2, chunk=chunk)
+    assert bool(fast.truncated)
+    _check_against(fast, refs, rel=rel)
+    if policy == "tabular":
+        full = _DECOMPOSE(spec, logprob_fn, params, batch, subsets, prompt=prompt)  # traced tokens: T, untruncated
+        assert not bool(full.truncated)
+        for a, b in ((fast.total, full.total), (fast.shared, full.shared), (fast.subsets, full.subsets)):
+            assert_tree_close(a, b, rel=rel)
+
+
+def test_window_checks_name_the_fix():
+    """The three window checks (the rule decompose applies to its measured scalars), on synthetic values."""
+    head = jnp.asarray([[-1.0, -2.0, -3.0]])
+    mask = jnp.asarray([[1.0, 1.0, 0.0]])
+    ok = dict(head=head, logp_d=head, mask=mask, reach=jnp.asarray(2), count=jnp.asarray(2), depth=3, rows=2)
+    prefix._check_window(**ok)  # passes: nothing raised
+    prefix._check_window(**ok | {"logp_d": head.at[0, 2].set(0.0)})  # a padding position is not compared
+    prefix._check_window(**ok | {"logp_d": head * (1 + 1e-5)})  # rounding-level differences pass (1024 ulp)
+    with pytest.raises(ValueError, match=r"lies at position 3 >= depth; pass depth > 3"):
+        prefix._check_window(**ok | {"reach": jnp.asarray(3)})
+    with pytest.raises(ValueError, match=r"a group has 3 prefix-tree nodes' representatives in the window"):
+        prefix._check_window(**ok | {"count": jnp.asarray(3)})
+    with pytest.raises(ValueError, match="logprob_fn is not causal"):
+        prefix._check_window(**ok | {"logp_d": head.at[0, 1].add(1e-3)})
+
+
+def test_pullback_chunks_equal_one_vmap():
+    """Chunked pullback (sizes that divide K and that do not) equals the single vmapped VJP."""
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4)), jnp.float32)
+    _, vjp = jax.vjp(lambda p: jnp.tanh(p["w"] @ jnp.arange(4.0)), {"w": w})
+    cot = jnp.asarray(np.random.default_rng(1).normal(size=(5, 3)), jnp.float32)
+    whole = prefix._pullback(vjp, cot, None)["w"]
+    for chunk in (1, 2, 3, 5, 9):
+        np.testing.assert_allclose(prefix._pullback(vjp, cot, chunk)["w"], whole, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(whole[2], vjp(cot[2])[0]["w"], rtol=1e-6)
+
+
+def test_decompose_protocol_and_static_arguments(model):
+    logprob_fn, params = model
+    batch = make_batch(logprob_fn, params, [[1.0, 0.0, 0.5, 0.0], [0.0, 1.0, 1.0, 0.25]])
+    spec = methods.get("grpo", beta=0.0)
+    legacy = lambda p, tokens: logprob_fn(p, tokens)  # noqa: E731  (the interface before the protocol)
+    with pytest.raises(TypeError, match=r"logprob_fn must take \(params, tokens, prompt\).*a prompt it cannot take"):
+        prefix.decompose(spec, legacy, params, batch, prompt=jnp.asarray(PROMPT))
+    with pytest.raises(TypeError, match=r"logprob_fn must take \(params, tokens, prompt\)"):
+        prefix.effects(spec, lambda p: p, params, batch, params)
+    with pytest.warns(DeprecationWarning, match=r"logprob_fn\(params, tokens\) is deprecated"):
+        wrapped = prefix._as_protocol(legacy, None)
+    np.testing.assert_array_equal(wrapped(params, jnp.asarray(TOKENS), None), logprob_fn(params, jnp.asarray(TOKENS)))
+    assert prefix._as_protocol(P.tabular_logprob, None) is P.tabular_logprob
+    for name, value in (("depth", 0), ("chunk", 0), ("depth", 2.0), ("rows", 0)):
+        with pytest.raises(ValueError, match=f"{name} must be a static Python int >= 1"):
+            prefix.decompose(spec, logprob_fn, params, batch, **{name: value})
+    tree = prefix.prefix_tree(TOKENS, MASK)
+    assert prefix.truncation_depth(tree, multiple=1) == 4 and prefix.truncation_depth(tree) == 7  # 8 capped at T
+    late = np.zeros((1, *TOKENS.shape), bool)
+    late[0, 1, 3, 5] = True  # one token at t = 5 (a subset need not be shared)
+    assert prefix.truncation_depth(tree, late, multiple=1) == 6 and prefix.truncation_depth(tree, late, multiple=4) == 7
+    with pytest.raises(ValueError, match="outside jit"):
+        jax.jit(lambda s: prefix.truncation_depth(tree._replace(shared=s)))(tree.shared)
 
 
 # ----------------------------------------------------------------------------- effects: directional derivatives
@@ -378,7 +547,7 @@ def test_documented_jit_pattern_compiles_once():
     @jax.jit
     @chex.assert_max_traces(n=1)
     def run(params, batch, prompt):
-        dec = prefix.decompose(spec, lambda p, tokens: P.tabular_logprob(p, tokens, prompt), params, batch)
+        dec = prefix.decompose(spec, P.tabular_logprob, params, batch, prompt=prompt)
         gap = jax.tree.map(lambda t, s, d: t - s - d, dec.total, dec.shared, dec.divergent)
         return prefix.tree_norm(gap), prefix.tree_norm(dec.shared), prefix.tree_norm(dec.total)
 

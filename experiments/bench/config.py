@@ -35,6 +35,7 @@ class Config:
     decomp_depth: int = 6  # depth subsets; contributions K = 2 + depth (shared, divergent, per depth)
     decomp_model: tuple[int, int, int, int, int] = (64, 4, 2, 256, 64)
     decomp_chunk: int = 32  # tokens per vmapped VJP chunk of the per-token baseline
+    decomp_vjp_chunk: int | None = None  # decompose's chunk of cotangents per vmapped VJP (None: all at once)
     # None: the per-token baseline is timed whole; else this many chunks are timed and the ratio
     # is an extrapolation, labelled as such in bench.json, bench.md and the README.
     decomp_chunks_timed: int | None = None
@@ -72,6 +73,8 @@ class Config:
         ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"Config.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.decomp_vjp_chunk is not None and self.decomp_vjp_chunk < 1:
+            raise ValueError(f"Config.decomp_vjp_chunk must be None or >= 1, got {self.decomp_vjp_chunk!r}")
         if self.decomp_chunks_timed is not None and self.decomp_chunks_timed < 1:
             raise ValueError(f"Config.decomp_chunks_timed must be None or >= 1, got {self.decomp_chunks_timed!r}")
         for rows, _ in self.loss_sizes:
@@ -128,6 +131,7 @@ class Config:
             decomp_depth=2,
             decomp_model=(16, 2, 1, 32, 16),
             decomp_chunk=4,
+            decomp_vjp_chunk=2,  # the smoke run exercises decompose's chunked path
             decomp_chunks_timed=2,
             sweep_settings=64,
             group_sweep_settings=32,

@@ -42,10 +42,8 @@ def make_drift(cfg: Config):
         jac = jax.jacrev(lambda p: jnp.stack(functionals(p)))(params)  # leaves [3, ...]
         batch, prompt = sample_batch(cfg, params, trans, key, cfg.drift_groups)
 
-        def logprob_fn(p, tokens):
-            return tabular_prompt_logprob(p, tokens, prompt)
-
-        logp, dlogp = prefix.directional_logp(logprob_fn, params, batch.tokens, jac)  # shared by every method
+        # shared by every method
+        logp, dlogp = prefix.directional_logp(tabular_prompt_logprob, params, batch.tokens, jac, prompt=prompt)
         tree = prefix.prefix_tree(batch.tokens, batch.mask)
         out = {}
         for name, spec in named:
