@@ -112,7 +112,7 @@ def _ref(spec, data):
     return reference_loss(*args, **kw), reference_coefficients(*args, **kw)
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=specs(), data=batches())
 def test_every_preset_with_drawn_fields_matches_the_reference(spec, data):
     ref_loss, ref_grad = _ref(spec, data)

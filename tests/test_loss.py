@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +19,14 @@ from tests.conftest import make_batch
 loss_jit = jax.jit(jgrpo.loss, static_argnums=0)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _grad_logp(spec, logp, batch):
+    return jax.grad(lambda lp: jgrpo.loss(spec, lp, batch)[0])(logp)
+
+
 def grad_logp(spec, logp, batch):
-    return jax.grad(lambda lp: jgrpo.loss(spec, lp, batch)[0])(jnp.asarray(logp))
+    """d loss / d logp, one jitted program per spec and shapes."""
+    return _grad_logp(spec, jnp.asarray(logp), batch)
 
 
 def one_token_batch(rewards, log_ratio=0.0):
@@ -169,7 +176,7 @@ def test_clipped_tokens_have_no_advantage_gradient(seed):
     assert np.all(grad[clipped] == 0.0)
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(seed=st.integers(0, 10_000), junk=st.sampled_from([np.nan, np.inf, -np.inf, 1e30]))
 def test_padding_never_leaks(seed, junk):
     batch, logp = make_batch(seed)

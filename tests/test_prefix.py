@@ -73,7 +73,10 @@ def test_prefix_tree_from_tokens():
     np.testing.assert_array_equal(tree.node_size[1, :, 2], [1, 2, 1, 2])
 
 
-@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "gspo", "gcpo"])
+@pytest.mark.parametrize(
+    "name",
+    ["grpo", "dr_grpo", pytest.param("gspo", marks=pytest.mark.slow), pytest.param("gcpo", marks=pytest.mark.slow)],
+)
 def test_shared_equals_w_agg_times_separate_prefix_gradients(model, name):
     logprob_fn, params = model
     batch = make_batch(logprob_fn, params, [[1.0, 0.0, 0.5, 0.0], [0.0, 1.0, 1.0, 0.25]])

@@ -311,8 +311,9 @@ def to_jax(data: dict[str, np.ndarray], dtype) -> tuple[jax.Array, jgrpo.GroupBa
     return logp, jgrpo.GroupBatch(**cast)
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def lib_value_and_grad(spec: methods.MethodSpec, logp: jax.Array, batch: jgrpo.GroupBatch):
-    """The library's loss and its gradient w.r.t. logp (eager: primitive compiles are shared by all specs)."""
+    """The library's loss and its gradient w.r.t. logp (one jitted program per spec and shapes)."""
     return jax.value_and_grad(lambda lp: jgrpo.loss(spec, lp, batch)[0])(logp)
 
 
