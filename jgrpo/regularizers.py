@@ -60,12 +60,13 @@ def regularizer_terms(spec: MethodSpec, logp: jax.Array, batch, advantages: jax.
         log_ratio = jnp.broadcast_to(sequence_log_ratio(log_ratio, mask), log_ratio.shape)
     ratio = jnp.exp(jnp.clip(log_ratio, spec.log_ratio_min, spec.log_ratio_max))
     if spec.regularizer == Regularizer.GTPO_ENTROPY:
-        g = mask.shape[-2]
+        # Table 1: R = (1/G) sum_i delta_i <H>_i / |o_i| sum_t I lambda. The 1/(G|o_i|) is the preset's token
+        # normaliser (agg seq-mean-token-mean); like the KL, R takes the spec's normaliser, so that an agg
+        # override changes R's weighting as it changes alpha's.
         m = mask.astype(jnp.float32)
-        length = jnp.maximum(jnp.sum(m, axis=-1), 1.0)
-        per = entropy_filter(spec, batch.entropy, mask) * mean_entropy(batch.entropy, mask) / (g * length)
+        per = entropy_filter(spec, batch.entropy, mask) * mean_entropy(batch.entropy, mask)
         lam = gtpo_lambda(spec, batch.tokens, mask, advantages) if spec.gtpo_conflicts else m
-        weight = per[..., None] * lam
+        weight = normaliser(spec, mask, jnp.promote_types(logp.dtype, jnp.float32)) * per[..., None] * lam
         return masked(ratio, mask), weight.astype(logp.dtype)
     value = kl_estimate(spec, logp, batch.logp_ref.astype(logp.dtype), mask)
     if spec.regularizer == Regularizer.KL_IMPORTANCE:

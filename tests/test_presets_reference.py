@@ -63,6 +63,12 @@ VARIANTS = [
     ("gtpo", "paper", (("entropy_threshold", 1.0),), M),
     ("gtpo", "paper", (("beta", 0.1), ("entropy_threshold", 1.0), ("gtpo_w", 3.0)), M),
     ("gtpo", "paper", (("gtpo_conflicts", False),), M),  # R without lambda too
+    (
+        "gtpo",
+        "paper",
+        (("agg", "seq-mean-token-sum-norm"), ("beta", 0.1)),
+        M,
+    ),  # R takes the agg override (hypothesis find)
     ("cppo", "paper", (("prune_gamma", 0.3),), M),
     ("dr_grpo", "verl", (("norm_length", 64.0),), M),
     ("grpo_v32", "paper", (("offpolicy_delta", 0.05),), M),
