@@ -187,6 +187,7 @@ def test_every_option_matches_autodiff(case):
     assert_paths_agree(_option_spec(case), logp, batch)
 
 
+@pytest.mark.slow  # make test-all; make test keeps every preset and option against autodiff
 def test_edge_batches_empty_completions_equal_groups_and_clips_on_both_sides():
     batch, logp = make_batch(seed=3, b=3, g=5, t=6, equal_group=True, spread=0.6)
     spec = get("grpo", dual_clip=1.4)
@@ -231,6 +232,7 @@ def test_ties_at_every_kink_match_autodiff():
     assert_paths_agree(spec, logp, tie, argnums=(0, 3))
 
 
+@pytest.mark.slow  # make test-all; make test keeps every preset and option against autodiff
 def test_dtypes_bfloat16_and_float64():
     batch, logp = make_batch(seed=6)
     _, grads = assert_paths_agree(get("grpo"), jnp.asarray(logp, jnp.bfloat16), batch, argnums=(0,))
@@ -267,6 +269,7 @@ def test_jit_vmap_and_leading_dims():
     assert_paths_agree(get("bnpo"), logp.reshape((2, 2) + logp.shape[1:]), r4, argnums=(0,))
 
 
+@pytest.mark.slow  # make test-all; make test keeps every preset and option against autodiff
 def test_blocked_forward_pass_with_a_remainder(monkeypatch):
     """Rows in blocks (a lax.map) plus a remainder block: the same numbers as one block and as autodiff."""
     batch, logp = make_batch(seed=8, b=5, g=3, t=6)  # 15 rows; blocks of 2 rows: 7 blocks + 1 row
@@ -353,6 +356,7 @@ def test_fused_program_keeps_no_token_sized_temporaries():
     assert temps[True] < 0.25 and temps[False] >= 1.0, temps
 
 
+@pytest.mark.slow  # make test-all; make test keeps every preset and option against autodiff
 def test_forward_mode_needs_the_autodiff_path():
     batch, logp = make_batch(seed=10)
     spec = get("grpo")
