@@ -39,6 +39,21 @@ def _degree_text(d: int | None) -> str:
     return "none" if d is None else str(d)
 
 
+def _preset_tables(rows, cells, fmt) -> list[str]:
+    """One Markdown table per (policy, dtype): a row per preset (with its reward degree), a column per setting,
+    each cell ``fmt(cell)`` ("—" where not run)."""
+    out = []
+    for (policy, dtype), by_preset in _groups(cells).items():
+        header = ["preset (d)"] + [s.label for s in rows]
+        trows = []
+        for name, by_setting in by_preset.items():
+            row = [f"{name} ({_degree_text(next(iter(by_setting.values())).degree)})"]
+            row += [fmt(by_setting[s.key]) if s.key in by_setting else "—" for s in rows]
+            trows.append(row)
+        out += [f"#### {policy}, {dtype}", "", markdown_table(header, trows)]
+    return out
+
+
 def _map_tables(cfg, rows, cells) -> str:
     real = cfg.realistic_phis
     cols = [list(cfg.scales).index(p) for p in real]
@@ -51,41 +66,24 @@ def _map_tables(cfg, rows, cells) -> str:
         "shown, the failing ones too.",
         "",
     ]
-    for (policy, dtype), by_preset in _groups(cells).items():
-        header = ["preset (d)"] + [s.label for s in rows]
-        trows = []
-        for name, by_setting in by_preset.items():
-            row = [f"{name} ({_degree_text(next(iter(by_setting.values())).degree)})"]
-            for s in rows:
-                c = by_setting.get(s.key)
-                if c is None:
-                    row.append("—")
-                    continue
-                r = pooled_log_ratio(c)
-                val = "?" if math.isnan(r) else f"{r:.1f}"
-                row.append(f"{_MARK[cell_class(c)]} " + ("div " if np.any(np.isinf(c.dev)) else "") + val)
-            trows.append(row)
-        text += [f"#### {policy}, {dtype}", "", markdown_table(header, trows)]
+
+    def ratio_cell(c: Cell) -> str:
+        r = pooled_log_ratio(c)
+        val = "?" if math.isnan(r) else f"{r:.1f}"
+        return f"{_MARK[cell_class(c)]} " + ("div " if np.any(np.isinf(c.dev)) else "") + val
+
+    text += _preset_tables(rows, cells, ratio_cell)
     text += [
         f"### How far: mean over data sets of the relative deviation at φ = {' / '.join(f'{p:g}' for p in real)}",
         "",
         "The size of the effect in units of the distance the φ = 1 run travels (1 = as far as the whole run).",
         "",
     ]
-    for (policy, dtype), by_preset in _groups(cells).items():
-        header = ["preset (d)"] + [s.label for s in rows]
-        trows = []
-        for name, by_setting in by_preset.items():
-            row = [f"{name} ({_degree_text(next(iter(by_setting.values())).degree)})"]
-            for s in rows:
-                c = by_setting.get(s.key)
-                if c is None:
-                    row.append("—")
-                    continue
-                vals = np.mean(c.dev[:, cols], axis=0)
-                row.append(" / ".join("div" if not np.isfinite(v) else f"{v:.1e}" for v in vals))
-            trows.append(row)
-        text += [f"#### {policy}, {dtype}", "", markdown_table(header, trows)]
+
+    def size_cell(c: Cell) -> str:
+        return " / ".join("div" if not np.isfinite(v) else f"{v:.1e}" for v in np.mean(c.dev[:, cols], axis=0))
+
+    text += _preset_tables(rows, cells, size_cell)
     text += ["### Noise floor: median over presets and data sets (its ulp-run and reordering parts)", ""]
     header = ["policy, dtype"] + [s.label for s in rows]
     trows = []
