@@ -299,6 +299,7 @@ def test_bench_readme_command(tmp_path, capsys):
 # ----------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow  # make test-all: make bench runs the sections themselves
 def test_bench_smoke_loss(tmp_path):
     cfg = dataclasses.replace(bench.Config.smoke(), sections=("loss",))
     assert bench.main(tmp_path, quick=True, config=cfg) == 0

@@ -286,6 +286,7 @@ def test_blocked_forward_pass_with_a_remainder(monkeypatch):
     assert_paths_agree(get("gspo"), logp, batch, argnums=(0,))
 
 
+@pytest.mark.slow  # make test-all: test_presets_reference checks the fused path against the float64 reference
 def test_against_the_float64_reference():
     """The fused path against the independent float64 NumPy loops (tests/reference.py), value and d/dlogp."""
     batch, logp = make_batch(seed=9, b=2, g=4, t=5, dtype=np.float64)

@@ -75,7 +75,12 @@ def test_prefix_tree_from_tokens():
 
 @pytest.mark.parametrize(
     "name",
-    ["grpo", "dr_grpo", pytest.param("gspo", marks=pytest.mark.slow), pytest.param("gcpo", marks=pytest.mark.slow)],
+    [
+        pytest.param("grpo", marks=pytest.mark.slow),
+        "dr_grpo",
+        pytest.param("gspo", marks=pytest.mark.slow),
+        pytest.param("gcpo", marks=pytest.mark.slow),
+    ],
 )
 def test_shared_equals_w_agg_times_separate_prefix_gradients(model, name):
     logprob_fn, params = model

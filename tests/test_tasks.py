@@ -139,6 +139,7 @@ def test_correct_completions_get_reward_one():
     assert [tasks.decode(row) for row in np.asarray(fixed)] == ["7$_________", "...18$_____"]
 
 
+@pytest.mark.slow  # make test-all: a warm-up training run
 def test_warmup_raises_accuracy_above_chance():
     config = policies.TransformerConfig.tiny(vocab=TASK.vocab_size, max_len=TASK.prompt_len + TASK.max_len)
     graphdef, params = policies.make_transformer(jax.random.key(0), config)

@@ -256,6 +256,7 @@ def test_kill_and_resume_matches_uninterrupted_run(full_run, tmp_path):
         assert all(_same(ma[k], mb[k]) for k in EXPECTED_METRICS), (ma, mb)
 
 
+@pytest.mark.slow  # make test-all: a second full training run
 def test_resume_of_a_finished_run_and_of_another_config(full_run):
     out, full = full_run
     again = jtrain.train(CONFIG, out, on_step=lambda s, m: pytest.fail("no step should run"), compiler_options=FAST)
