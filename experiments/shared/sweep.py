@@ -118,9 +118,10 @@ class PolicyConfig:
 
     Attributes:
       kind: "tabular" (the exact softmax table of ``jgrpo.policies``; reward 1 iff the
-        completion contains token 0, exact E[reward] and KL from ``analysis.tabular``) or
+        completion contains token 0, exact E[reward] and KL from ``analysis.tabular``),
         "transformer" (the NNX transformer; reward 1 iff the completion contains the
-        prompt's first token; held-out estimates of ΔE and KL).
+        prompt's first token; held-out estimates of ΔE and KL) or "checkpoint" (``checkpoint``
+        below: Countdown, the graded verifier reward on the host, held-out estimates).
       model: "tiny" or "small" (transformer preset).
       vocab, prompt_len, completion_len: V, P, T.
       num_prompts, group_size: B groups of G completions per batch.
