@@ -166,8 +166,18 @@ def test_member_runner_matches_the_vmapped_sweep_member_by_member():
     seed_idx = np.tile(np.arange(S), L)  # member m = (lr m // S, seed m % S), as overshoot.measure.run_sweep
     lrs = np.repeat(np.asarray(PC.learning_rates, np.float32), S)
     # the vmapped sweep's non-tabular program (2G samples: G trained on, G held out; in-jit reward)
-    vmapped = sweep._sweep_fn("transformer", PC.completion_len, PC.group_size, pol.logits_fn, pol.logprob3, 0.95,
-                              1e-8, SPEC, SPEC_NOCLIP)  # fmt: skip
+    vmapped = sweep._sweep_fn(
+        "transformer",
+        PC.completion_len,
+        PC.group_size,
+        pol.logits_fn,
+        pol.logprob3,
+        0.95,
+        1e-8,
+        SPEC,
+        SPEC_NOCLIP,
+        sweep.kinds_of(PC),
+    )  # fmt: skip (Adam's branch only)
     params = jax.tree.map(lambda x: jnp.broadcast_to(x, (len(lrs),) + x.shape), host.params)
     runner = sweep.make_member_runner(PC, host, beta2=0.95, eps=1e-8, spec=SPEC)
     for name in ("adam_b0.9", "projection"):

@@ -637,12 +637,12 @@ def _held_out(logprob3, params, new_params, prompt, tokens, rewards, base, mask=
 
 
 @functools.cache
-def _sweep_fn(kind, T, G, logits_fn, logprob3, beta2, eps, spec, spec_noclip):
+def _sweep_fn(kind, T, G, logits_fn, logprob3, beta2, eps, spec, spec_noclip, kinds=None):
     tab = kind == "tabular"
     n_sample = G if tab else 2 * G
 
     def one(group: Group, lr, params0, prompts_NBP, keys_N):
-        init, opt_step = make_optimizer(group, lr, beta2=beta2, eps=eps, spec=spec)
+        init, opt_step = make_optimizer(group, lr, beta2=beta2, eps=eps, spec=spec, kinds=kinds)
 
         def batch_step(carry, xs):
             params, opt_state = carry
