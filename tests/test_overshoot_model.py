@@ -195,6 +195,18 @@ def test_member_runner_matches_the_vmapped_sweep_member_by_member():
     assert np.asarray(host.params["logits"]).sum() == pytest.approx(float(np.asarray(pol.params0["logits"][0]).sum()))
     with pytest.raises(ValueError, match="compiled kinds"):
         runner(sweep.group_of(sweep.BY_NAME["sgdm"], mu=1), lrs[:1], seed_idx[:1])
+    # memory: a member's parameters and optimizer state are donated to each update (the same cached executable)
+    step, init = sweep._member_fns(PC.completion_len, PC.group_size, host.logprob3, 0.95, 1e-8, SPEC, SPEC_NOCLIP,
+                                   sweep.kinds_of(PC))  # fmt: skip
+    params = jax.tree.map(jnp.copy, host.params)
+    state = init(params)
+    B, G, T = PC.num_prompts, PC.group_size, PC.completion_len
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, PC.vocab, (B, 2 * G, T)), jnp.int32)
+    rewards = jnp.asarray(np.random.default_rng(1).integers(0, 2, (B, 2 * G)), jnp.float32)
+    new_params, new_state, _ = step(group, 0.1, params, state, host.prompts[0, 0], tokens, jnp.ones((B, 2 * G, T)),
+                                    rewards)  # fmt: skip
+    assert all(x.is_deleted() for x in jax.tree.leaves((params, state)) if np.ndim(x) > 0)
+    assert not any(x.is_deleted() for x in jax.tree.leaves(host.params))  # the shared copy is never donated
     bad = host._replace(reward_fn=lambda s, n, tokens, mask: np.zeros((PC.num_prompts, PC.group_size)))
     with pytest.raises(ValueError, match=r"\[B, 2G\]"):
         sweep.make_member_runner(PC, bad, beta2=0.95, eps=1e-8, spec=SPEC)(group, lrs[:1], seed_idx[:1])
