@@ -16,14 +16,13 @@ REGISTRY: dict[str, str] = {
 MODEL_EXPERIMENTS: dict[str, str] = {
     "prefix_bias": "part (A): W_agg and the shared-prefix gradient of every preset on the checkpoint's rollouts",
     "reward_scaling": "the transformer part: the checkpoint's parameters and Countdown rollouts (synthetic rewards)",
+    "overshoot": "parts (b, c): escape at matched progress and the momentum-aware transforms, trained on Countdown "
+    "with a graded verifier reward on the host, members (η, seed) one after another; part (a) as usual",
 }
 NO_MODEL_REASON: dict[str, str] = {
     "presets": "it evaluates each preset's loss on one fixed sample group (no policy)",
     "loss_proxy": "it needs the exact expected reward of the policy, which only the tabular policy gives",
     "length_bias": "it needs the exact drift of E[len | incorrect], which only the tabular policy gives",
-    "overshoot": "its sweep samples and rewards inside one jitted program (reward: the completion contains the "
-    "prompt's first token), which a real tokenizer's vocabulary makes almost always 0, and Countdown's verifier "
-    "runs on the host; not supported for a checkpoint yet",
     "clipping": "it measures the exact reward gain, which only the tabular policy gives",
 }
 

@@ -34,6 +34,19 @@ Three parts, one figure:
     (max |c_j| over clipped tokens), so the whole fresh part is driven by other
     tokens.
 
+With ``--model PATH`` (a Hugging Face checkpoint directory) parts (b) and (c) run on the checkpoint
+instead of the tabular policy and the NNX transformer (skipped; the report says so): Countdown prompts
+in its tokenizer, completions sampled up to EOS, and a reward that means something for a real LM — the
+graded Countdown reward computed on the host (``experiments.shared.checkpoint.countdown_shaped_score``:
+the exact verifier's 1 for a solution, else 0.5 × the share of the problem's numbers the completion
+writes). The verifier alone would be 0 on nearly every short completion of a small model (no advantage,
+no update); a token-table reward inside the jit would not read the text. The held-out ΔE and KL use the
+same reward and samples of the same sampler. The members (η, seed) run one after another, each from the
+checkpoint's one copy of the parameters: one jitted sampler and one jitted μ-step update per shape,
+reused across optimizers, η and seeds, with the reward on the host in between
+(``experiments.shared.sweep.make_member_runner``), so memory is one model and one optimizer state, not
+(η × seeds) of them.
+
 One compile per policy: the sweep function (``experiments.shared.sweep``, shared with the
 clipping experiment) is vmapped over (η, seed) and takes the optimizer's switches (kind, β1,
 reset, gate, projection, guard, clip, μ) as unbatched traced scalars, so ``lax.cond``/``lax.switch``
@@ -47,14 +60,22 @@ from __future__ import annotations
 
 from experiments.common import Context, Outcome
 from experiments.overshoot import claims, measure, report
-from experiments.overshoot.config import NAME, Config, _config
+from experiments.overshoot.config import NAME, Config, _config, checkpoint_policy, with_checkpoint
 
-__all__ = ["NAME", "Config", "run"]
+__all__ = ["NAME", "Config", "checkpoint_policy", "run", "with_checkpoint"]
 
 
 def run(ctx: Context) -> Outcome:
-    """Runs the experiment at ``ctx.scale`` and writes its results into ``ctx.out``."""
-    return _run(ctx, _config(ctx.scale))
+    """Runs the experiment at ``ctx.scale`` and writes its results into ``ctx.out``.
+
+    With ``ctx.model`` (``--model PATH``) parts (b) and (c) run on the checkpoint (Countdown prompts, the
+    graded Countdown reward on the host, members one after another) instead of the tabular policy and the
+    NNX transformer; part (a) runs as usual.
+    """
+    cfg = _config(ctx.scale)
+    if ctx.model is not None:
+        cfg = with_checkpoint(cfg, ctx.model, ctx.scale)
+    return _run(ctx, cfg)
 
 
 def _run(ctx: Context, cfg: Config) -> Outcome:

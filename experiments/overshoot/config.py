@@ -99,3 +99,42 @@ def _config(scale: str) -> Config:
             eq38_T=5,
         )
     raise ValueError(f"scale must be 'quick', 'paper' or 'test', got {scale!r}")
+
+
+ADAM_FAMILY = ("adam_b0", "adam_b0.5", "adam_b0.9", "adam_b0.95", "reset", "projection", "gate", "guard")
+
+
+def checkpoint_policy(scale: str, path: str) -> PolicyConfig:
+    """The sweep on the Hugging Face checkpoint at ``path`` (``--model PATH``) at ``scale``.
+
+    Only Adam-kind optimizers (one Adam state beside the parameters; RMSProp and SGD would add
+    two more parameter-sized states). The η grids are for a pre-trained LM under Adam (its
+    per-step change of a weight is about η); they were not tuned on any checkpoint. ``test`` is
+    for the tiny random-weight checkpoint of the tests (larger η: it must move within 2 steps).
+    """
+    if scale == "quick":
+        return PolicyConfig(
+            kind="checkpoint", checkpoint=path, completion_len=32, num_prompts=2, group_size=4, num_batches=3,
+            mu=4, seeds=5, learning_rates=_geometric(2e-6, 2.0, 5),
+            optimizers=("adam_b0", "adam_b0.9", "reset", "projection", "gate", "guard"),
+        )  # fmt: skip
+    if scale == "paper":
+        return PolicyConfig(
+            kind="checkpoint", checkpoint=path, completion_len=128, num_prompts=8, group_size=8, num_batches=4,
+            mu=8, seeds=8, learning_rates=_geometric(1e-6, 2**0.5, 9), optimizers=ADAM_FAMILY,
+        )  # fmt: skip
+    if scale == "test":
+        return PolicyConfig(
+            kind="checkpoint", checkpoint=path, completion_len=4, num_prompts=2, group_size=3, num_batches=2,
+            mu=2, seeds=2, learning_rates=(0.003, 0.012, 0.048), optimizers=("adam_b0", "adam_b0.9", "guard"),
+        )  # fmt: skip
+    raise ValueError(f"scale must be 'quick', 'paper' or 'test', got {scale!r}")
+
+
+def with_checkpoint(cfg: Config, path: str, scale: str) -> Config:
+    """``cfg`` with its policies replaced by the checkpoint's sweep (:func:`checkpoint_policy`).
+
+    The tabular and NNX transformer rows are skipped with ``--model`` (the report says so): the run is
+    about the checkpoint; part (a)'s closed forms run as usual.
+    """
+    return dataclasses.replace(cfg, policies=(checkpoint_policy(scale, path),))

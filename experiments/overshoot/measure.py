@@ -2,7 +2,8 @@
 
 (a) :func:`part_a`: C_{T,k} of Eqs. 32/36 against optax Adam, the limits of Eqs. 33/37, Eq. 38 on a
 varying gradient history. (b, c) :func:`run_sweep`: every optimizer of a policy over its η sweep and
-the seeds (``experiments.shared.sweep``), summarised per (η, seed) by :func:`measured`.
+the seeds (``experiments.shared.sweep``; a checkpoint's members one after another), summarised per (η, seed)
+by :func:`measured`.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from analysis import overshoot as ov
 from experiments.overshoot.config import Config
 from experiments.shared.sweep import (
     BY_NAME,
+    HostPolicy,
     Policy,
     PolicyConfig,
     group_of,
     learning_rates_of,
+    make_member_runner,
     make_sweep,
     setup_policy,
     spec_pair,
@@ -97,19 +100,34 @@ def part_a(cfg: Config) -> dict:
 # ----------------------------------------------------------------------------- (b, c) the sweeps
 
 
-def run_sweep(pcfg: PolicyConfig, policy: Policy, cfg: Config, spec, progress=lambda f, m: None) -> dict:
-    """Every optimizer of ``pcfg`` over its η sweep and the seeds: {name: {metric: [n_lr, S, N]}} (numpy)."""
+def run_sweep(pcfg: PolicyConfig, policy: Policy | HostPolicy, cfg: Config, spec, progress=lambda f, m: None) -> dict:
+    """Every optimizer of ``pcfg`` over its η sweep and the seeds: {name: {metric: [n_lr, S, N]}} (numpy).
+
+    The tabular policy and the NNX transformer: every member (η, seed) in one vmapped call per optimizer
+    (:func:`experiments.shared.sweep.make_sweep`); a checkpoint (:class:`HostPolicy`): the members one after
+    another (:func:`experiments.shared.sweep.make_member_runner`), in the same order and layout.
+    """
     S, L = pcfg.seeds, len(pcfg.learning_rates)
-    sweep = make_sweep(pcfg, policy, beta2=cfg.beta2, eps=cfg.adam_eps, spec=spec)
     seed_idx = np.tile(np.arange(S), L)  # member m = (lr index m // S, seed m % S)
-    params = jax.tree.map(lambda x: x[seed_idx], policy.params0)
-    prompts, keys = policy.prompts[seed_idx], policy.keys[seed_idx]
+    if isinstance(policy, HostPolicy):
+        runner = make_member_runner(pcfg, policy, beta2=cfg.beta2, eps=cfg.adam_eps, spec=spec)
+    else:
+        sweep = make_sweep(pcfg, policy, beta2=cfg.beta2, eps=cfg.adam_eps, spec=spec)
+        params = jax.tree.map(lambda x: x[seed_idx], policy.params0)
+        prompts, keys = policy.prompts[seed_idx], policy.keys[seed_idx]
     out = {}
     for i, name in enumerate(pcfg.optimizers):
         opt = BY_NAME[name]
-        progress(i / len(pcfg.optimizers), f"{pcfg.kind}: {opt.label}")
+        frac, msg = i / len(pcfg.optimizers), f"{pcfg.kind}: {opt.label}"
+        progress(frac, msg)
         lrs = jnp.asarray(np.repeat(learning_rates_of(pcfg, opt), S))
-        recs = sweep(group_of(opt, mu=pcfg.mu), lrs, params, prompts, keys)
+        if isinstance(policy, HostPolicy):
+            share = 1.0 / len(pcfg.optimizers)
+            recs = runner(
+                group_of(opt, mu=pcfg.mu), lrs, seed_idx, lambda f, a=frac, m=msg, w=share: progress(a + w * f, m)
+            )
+        else:
+            recs = sweep(group_of(opt, mu=pcfg.mu), lrs, params, prompts, keys)
         recs = jax.tree.map(lambda x: np.asarray(x).reshape((L, S) + x.shape[1:]), recs)
         out[name] = {**recs, "lr": learning_rates_of(pcfg, opt)}
     return out

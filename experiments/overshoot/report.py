@@ -223,6 +223,14 @@ def write(ctx, cfg: Config, m: Measurement, claims: list, matched: dict):
         f"every (optimizer, seed) curve reaches, {cfg.levels} levels, each seed's escape at the first crossing "
         "along its η sweep; paired over seeds, Student-t 95% CI."
     )
+    if any(pcfg.kind == "checkpoint" for pcfg, _ in policies.values()):
+        lines.append(
+            "--model: parts (b) and (c) ran on the checkpoint only; the tabular policy and NNX transformer rows are "
+            "skipped (run without --model for them). Its members (η, seed) ran one after another from the "
+            "checkpoint's one copy of the parameters (a jitted sampler, the reward on the host, a jitted μ-step "
+            "update); every seed's Countdown problems and sample keys are shared by all optimizers and η (paired). "
+            "The held-out ΔE and KL are estimated with the same reward on G further completions per prompt."
+        )
     lines.append(f"Runtime: {timings['total']:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}).")
     return finish(
         ctx,
