@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
+import os
 
-import jgrpo
+# The suite is compile-bound (tiny shapes, hundreds of distinct programs): LLVM optimisation level 0 compiles
+# them about 25% faster in CPU time and changes no semantics (the experiments use the same option for their
+# compile-bound programs: experiments.shared.tasks.cpu_compiler_options). Set before JAX creates its backend;
+# subprocesses started by tests inherit it. JGRPO_TEST_XLA_OPT=1 keeps XLA's default optimisation.
+if os.environ.get("JGRPO_TEST_XLA_OPT") != "1" and "xla_backend_optimization_level" not in os.environ.get(
+    "XLA_FLAGS", ""
+):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import jgrpo  # noqa: E402
 
 
 def make_batch(seed=0, b=2, g=4, t=6, *, empty=True, equal_group=False, spread=0.3, dtype=np.float32):

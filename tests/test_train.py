@@ -203,6 +203,7 @@ def test_fsdp_spec_splits_the_largest_divisible_dimension():
 # ----------------------------------------------------------------------------- the loop
 
 
+@pytest.mark.xdist_group("full_run")  # one worker computes the module fixture once
 def test_training_steps_give_finite_metrics(full_run):
     _, result = full_run
     assert result.step == 4 and len(result.history) == 4
@@ -227,6 +228,7 @@ def test_training_steps_give_finite_metrics(full_run):
     assert max(jax.tree.leaves(moved)) > 0
 
 
+@pytest.mark.xdist_group("full_run")  # one worker computes the module fixture once
 def test_kill_and_resume_matches_uninterrupted_run(full_run, tmp_path):
     _, full = full_run
 
@@ -346,6 +348,7 @@ def _hf_steps(mesh, *, remat: bool, steps: int = 2) -> dict:
     }
 
 
+@pytest.mark.xdist_group("full_run")  # one worker computes the module fixture once
 def test_eight_virtual_devices_match_one_device(full_run):
     """Same config on 8 virtual CPU devices (a data=2 x fsdp=4 mesh, subprocess) vs this process's run.
 
@@ -356,7 +359,8 @@ def test_eight_virtual_devices_match_one_device(full_run):
     rounding noise that Adam's first step, ~lr * sign(g), turned into +-lr moves: differences were ~3e-3.)
     """
     _, full = full_run
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    env = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
         [sys.executable, "-c", _EIGHT_DEVICES], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
