@@ -118,6 +118,7 @@ class Config:
             sweep_loop_settings=5,
             group_sweep_settings=2000,
             group_loop_settings=4,
+            share_shape=(1, 16, 128, 512),  # half of P = 1024, T = 256: the same G (P + T) / (P + G T) = 4
         )
 
     @classmethod
