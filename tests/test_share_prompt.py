@@ -181,3 +181,54 @@ def test_train_step_through_the_default_path():
     delta_a = jax.tree.map(lambda x, y: x - y, pa, params)
     delta_b = jax.tree.map(lambda x, y: x - y, pb, params)
     assert _rel(delta_a, delta_b) <= TOL
+
+
+def _nnx_pair(t: int, fns):
+    """(aux, grads) of a weighted sum of logp and entropy through each of ``fns``, and the first one's on a changed
+    prompt (the control), jitted with the inputs as arguments (the control reuses the compile)."""
+    from jgrpo import policies as P
+
+    config = P.TransformerConfig.tiny(vocab=16, max_len=16)
+    graphdef, params = P.make_transformer(jax.random.key(0), config)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 16, size=(2, 3, t)).astype(np.int32)
+    prompt = rng.integers(0, 16, size=(2, 4)).astype(np.int32)
+    w = rng.standard_normal((2, 3, t)).astype(np.float32)
+    out = []
+    for make in fns:
+        f = make(graphdef)
+
+        def objective(p, y, x, f=f):
+            logp, ent = f(p, y, x)
+            return jnp.sum(w * logp) + jnp.sum(ent), (logp, ent)
+
+        run = jax.jit(jax.value_and_grad(objective, has_aux=True))
+        out.append(run(params, tokens, prompt))
+        if not len(out) - 1:
+            control = run(params, tokens, (prompt + 1) % 16)
+    return [(aux, g) for (_, aux), g in out], control[0][1]
+
+
+def test_nnx_train_loop_path_equals_g_copies():
+    """The train loop's grouped_policy_logprob (NNX transformer, prompt once per group, temperature 0.7) equals
+    policy_logprob over G copies (values, entropies and gradients) to 1e-5; control: another prompt differs."""
+    from jgrpo import policies as P
+
+    fns = [
+        lambda gd: lambda p, y, x: jtrain.grouped_policy_logprob(gd, p, y, x, 0.7),
+        lambda gd: lambda p, y, x: jtrain.policy_logprob(P.nnx_logits_fn(gd), p, y, x, 0.7),
+    ]
+    ((aux_a, ga), (aux_b, gb)), control = _nnx_pair(5, fns)
+    assert _rel(aux_a, aux_b) <= TOL and _rel(ga, gb) <= TOL, (_rel(aux_a, aux_b), _rel(ga, gb))
+    assert _rel(control, aux_b) > 100 * TOL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("t", [5, 1])
+def test_nnx_logprob_fn_shared_equals_g_copies(t):
+    """nnx_logprob_and_entropy_fn(share_prompt=True) equals the G-copies default (incl. T = 1) to 1e-5."""
+    from jgrpo import policies as P
+
+    fns = [lambda gd, s=s: P.nnx_logprob_and_entropy_fn(gd, share_prompt=s) for s in (True, False)]
+    ((aux_a, ga), (aux_b, gb)), _ = _nnx_pair(t, fns)
+    assert _rel(aux_a, aux_b) <= TOL and _rel(ga, gb) <= TOL, (_rel(aux_a, aux_b), _rel(ga, gb))
