@@ -209,6 +209,7 @@ def _nnx_pair(t: int, fns):
     return [(aux, g) for (_, aux), g in out], control[0][1]
 
 
+@pytest.mark.slow  # make test-all (make test runs the loop through this path in tests/test_train.py)
 def test_nnx_train_loop_path_equals_g_copies():
     """The train loop's grouped_policy_logprob (NNX transformer, prompt once per group, temperature 0.7) equals
     policy_logprob over G copies (values, entropies and gradients) to 1e-5; control: another prompt differs."""
