@@ -87,6 +87,7 @@ __all__ = [
     "make_transformer",
     "nnx_logits_fn",
     "nnx_logprob_and_entropy_fn",
+    "nnx_grouped_logits",
     "nnx_logprob_fn",
     "tabular_grad_logp",
     "tabular_init",
@@ -921,7 +922,9 @@ def nnx_logits_fn(graphdef: nnx.GraphDef) -> Callable[[Any, jax.Array], jax.Arra
     return logits_fn
 
 
-def _seq_logprob(graphdef: nnx.GraphDef, params: Any, tokens: Any, prompt: Any) -> tuple[jax.Array, jax.Array]:
+def _seq_logprob(
+    graphdef: nnx.GraphDef, params: Any, tokens: Any, prompt: Any, share: bool = False
+) -> tuple[jax.Array, jax.Array]:
     """Checks the inputs, then returns (logp [..., G, T], entropy [..., G, T]) from the jitted core."""
     tshape = _check_int("tokens", tokens, min_rank=2, dims="[..., G, T]")
     pshape = _check_int("prompt", prompt, min_rank=1, dims="[..., P]")
@@ -947,14 +950,19 @@ def _seq_logprob(graphdef: nnx.GraphDef, params: Any, tokens: Any, prompt: Any) 
     if vocab is not None:
         _check_range("tokens", tokens, vocab)
         _check_range("prompt", prompt, vocab)
-    return _seq_logprob_core(graphdef, params, tokens, prompt)
+    return _seq_logprob_core(graphdef, params, tokens, prompt, share)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _seq_logprob_core(graphdef: nnx.GraphDef, params: Any, tokens: Any, prompt: Any) -> tuple[jax.Array, jax.Array]:
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _seq_logprob_core(
+    graphdef: nnx.GraphDef, params: Any, tokens: Any, prompt: Any, share: bool = False
+) -> tuple[jax.Array, jax.Array]:
     tshape, p = tokens.shape, prompt.shape[-1]
     lead, (g, t) = tshape[:-2], tshape[-2:]
     model = nnx.merge(graphdef, params)
+    if share and isinstance(model, Transformer):
+        logits = nnx_grouped_logits(model, tokens, prompt)
+        return _token_logp_and_entropy(_log_softmax32(logits), tokens)
     dtype = jnp.promote_types(tokens.dtype, prompt.dtype)
     prompt_GP = jnp.broadcast_to(prompt[..., None, :], lead + (g, p)).astype(dtype)
     ids = jnp.concatenate([prompt_GP, tokens.astype(dtype)], axis=-1).reshape(-1, p + t)  # [N, P+T]
@@ -962,8 +970,63 @@ def _seq_logprob_core(graphdef: nnx.GraphDef, params: Any, tokens: Any, prompt: 
     return _token_logp_and_entropy(_log_softmax32(logits_NTV).reshape(tshape + logits_NTV.shape[-1:]), tokens)
 
 
+def nnx_grouped_logits(model: Transformer, tokens: jax.Array, prompt: jax.Array) -> jax.Array:
+    """Logits ``[..., G, T, V]`` that predict ``tokens [..., G, T]`` after ``prompt [..., P]``, the prompt run once.
+
+    The same values as ``model(prompt + completion)[..., P-1 : P+T-1, :]`` of each of the G sequences up to
+    float rounding, computed with the prompt once per group: every block runs the prompt rows (causal
+    self-attention) and the completion rows ``tokens[..., :T-1]`` at positions ``P ..`` with attention over
+    ``concat(prompt keys/values of their group, own keys/values)``; projections and MLPs run on the
+    packed rows. ``B (P + G (T-1))`` rows instead of ``B G (P + T)``; the prompt's keys and values are read
+    through a broadcast over G, so their gradient sums over the group.
+    """
+    tshape, p = tokens.shape, prompt.shape[-1]
+    lead, (g, t) = tshape[:-2], tshape[-2:]
+    b = int(np.prod(lead, dtype=np.int64))
+    tc = t - 1
+    cfg = model.config
+    d, h = cfg.d_model, cfg.n_heads
+    hd = d // h
+    dt = jnp.dtype(cfg.dtype)
+    prompt_b = prompt.reshape(b, p).astype(jnp.int32)
+    comp = tokens.reshape(b, g, t)[..., :tc].astype(jnp.int32)
+    pos = model.pos_embed[...].astype(dt)
+    rp = b * p
+    x = jnp.concatenate(
+        [
+            (model.tok_embed(prompt_b) + pos[:p]).reshape(rp, d),
+            (model.tok_embed(comp) + pos[p : p + tc]).reshape(b * g * tc, d),
+        ]
+    )
+    neg = jnp.finfo(jnp.float32).min
+    causal_p = jnp.tril(jnp.ones((p, p), bool))
+    causal_c = jnp.tril(jnp.ones((tc, tc), bool))
+    for block in model.blocks:
+        qkv = block.qkv(block.ln1(x).astype(x.dtype)).reshape(-1, 3, h, hd)
+        q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+        qp, kp, vp = (y[:rp].reshape(b, p, h, hd) for y in (q, k, v))
+        qc, kc, vc = (y[rp:].reshape(b, g, tc, h, hd) for y in (q, k, v))
+        scale = 1.0 / np.sqrt(hd)
+        s = jnp.einsum("bqhk,bshk->bhqs", qp, kp, preferred_element_type=jnp.float32) * scale
+        probs = jax.nn.softmax(jnp.where(causal_p, s, neg), axis=-1).astype(vp.dtype)
+        out_p = jnp.einsum("bhqs,bshk->bqhk", probs, vp).reshape(rp, d)
+        s_p = jnp.einsum("bgqhk,bshk->bghqs", qc, kp, preferred_element_type=jnp.float32) * scale
+        s_c = jnp.einsum("bgqhk,bgshk->bghqs", qc, kc, preferred_element_type=jnp.float32) * scale
+        probs = jax.nn.softmax(jnp.concatenate([s_p, jnp.where(causal_c, s_c, neg)], axis=-1), axis=-1)
+        probs = probs.astype(vc.dtype)
+        out_c = jnp.einsum("bghqs,bshk->bgqhk", probs[..., :p], vp)
+        out_c = out_c + jnp.einsum("bghqs,bgshk->bgqhk", probs[..., p:], vc)
+        x = x + block.proj(jnp.concatenate([out_p, out_c.reshape(b * g * tc, d)]))
+        x = x + block.fc2(jax.nn.gelu(block.fc1(block.ln2(x).astype(x.dtype))))
+    hp = x[:rp].reshape(b, p, d)[:, -1:]  # the last prompt position predicts token 0
+    hc = x[rp:].reshape(b, g, tc, d)
+    hidden = jnp.concatenate([jnp.broadcast_to(hp[:, None], (b, g, 1, d)), hc], axis=2)
+    logits = model.head(model.ln_f(hidden).astype(hidden.dtype))
+    return logits.reshape(tshape + logits.shape[-1:])
+
+
 @functools.cache
-def nnx_logprob_and_entropy_fn(graphdef: nnx.GraphDef) -> LogprobAndEntropyFn:
+def nnx_logprob_and_entropy_fn(graphdef: nnx.GraphDef, *, share_prompt: bool = False) -> LogprobAndEntropyFn:
     """``(params, tokens [..., G, T], prompt [..., P]) -> (logp, entropy)`` of a split NNX LM.
 
     Builds the sequences ``prompt + completion`` ``[..., G, P+T]``, runs the model on
@@ -972,6 +1035,12 @@ def nnx_logprob_and_entropy_fn(graphdef: nnx.GraphDef) -> LogprobAndEntropyFn:
     causal NNX module ``ids [N, L] -> logits [N, L, V]``; a ``config`` attribute with
     ``max_len`` and ``vocab`` (as :class:`Transformer` has) enables the length and
     id-range checks. Cached per graphdef; the computation is jitted (graphdef static).
+
+    ``share_prompt=True`` (for :class:`Transformer`): the prompt runs once per group and the
+    completions attend to its broadcast keys/values (:func:`nnx_grouped_logits`), the same values and
+    gradients up to float rounding with ``B (P + G T)`` rows instead of ``B G (P + T)``. The default
+    stays False here (the experiments' programs and compile times unchanged); :func:`jgrpo.train.train`
+    uses the shared path.
 
     Returns:
       ``logp`` and ``entropy`` (of the next-token distribution), both ``[..., G, T]``
@@ -984,13 +1053,13 @@ def nnx_logprob_and_entropy_fn(graphdef: nnx.GraphDef) -> LogprobAndEntropyFn:
     """
 
     def logprob_and_entropy_fn(params: Any, tokens: Any, prompt: Any) -> tuple[jax.Array, jax.Array]:
-        return _seq_logprob(graphdef, params, tokens, prompt)
+        return _seq_logprob(graphdef, params, tokens, prompt, share_prompt)
 
     return logprob_and_entropy_fn
 
 
 @functools.cache
-def nnx_logprob_fn(graphdef: nnx.GraphDef) -> LogprobFn:
+def nnx_logprob_fn(graphdef: nnx.GraphDef, *, share_prompt: bool = False) -> LogprobFn:
     """``logprob_fn(params, tokens [..., G, T], prompt [..., P]) -> logp [..., G, T]`` float32 of a split NNX LM.
 
     See :func:`nnx_logprob_and_entropy_fn` for the construction and errors. Use::
@@ -1001,6 +1070,6 @@ def nnx_logprob_fn(graphdef: nnx.GraphDef) -> LogprobFn:
     """
 
     def logprob_fn(params: Any, tokens: Any, prompt: Any) -> jax.Array:
-        return _seq_logprob(graphdef, params, tokens, prompt)[0]
+        return _seq_logprob(graphdef, params, tokens, prompt, share_prompt)[0]
 
     return logprob_fn

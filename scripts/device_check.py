@@ -8,9 +8,13 @@ config.json; no weights are downloaded), a GRPO batch of B prompts x G = 16 comp
 * the train step (``jgrpo.train.make_train_step``: logprob through the model, GRPO loss,
   gradient, AdamW update; layers rematerialised): seconds per step and model FLOPs
   utilisation, MFU = (3 x forward matmul FLOPs of the batch) / (step time x peak FLOP/s).
-  Forward FLOPs count every projection, the full (P+T)-key attention matmuls and the output
-  layer on the T completion positions (``ModelConfig.flops_per_token``); the peak is the
-  device's dense bf16 peak (a table below, or ``--peak-tflops``);
+  The log-probs run each prompt once per group (``share_prompt=True``, the default of
+  ``jgrpo.models.logprob_fn``; ``--no-share-prompt``: G copies). Forward FLOPs count every
+  projection of the rows computed (B P prompt rows and B G T completion rows; G copies:
+  B G (P + T) rows), the full masked attention matmuls (P keys for prompt rows, P + T
+  otherwise) and the output layer on the T completion positions
+  (``ModelConfig.flops_per_token``); the peak is the device's dense bf16 peak (a table
+  below, or ``--peak-tflops``);
 * the exact Prop. 1 decomposition of the same batch (``analysis.prefix.decompose`` through
   the model's logprob_fn: one forward pass and 3 vmapped VJPs): seconds per call;
 * sampling the batch with the KV cache (``jgrpo.sample``): seconds and tokens/s.
@@ -89,6 +93,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     ap.add_argument("--no-remat", action="store_true")
     ap.add_argument("--no-decompose", action="store_true")
+    ap.add_argument(
+        "--no-share-prompt", action="store_true", help="score G copies of each prompt (the default runs it once)"
+    )
     ap.add_argument("--no-sample", action="store_true")
     ap.add_argument("--peak-tflops", type=float, default=None, help="override the device's peak (dense, per device)")
     ap.add_argument("--out", default=None, help="write the JSON result here (atomically)")
@@ -114,6 +121,7 @@ def main(argv=None) -> dict:
         "params": config.num_params,
         "dtype": config.dtype,
         "remat": remat,
+        "share_prompt": not args.no_share_prompt,
         "batch": {"prompts": b, "group": g, "prompt_len": p, "completion_len": t, "tokens": b * g * (p + t)},
     }
 
@@ -127,7 +135,7 @@ def main(argv=None) -> dict:
     mask = (np.arange(t) < lengths[..., None]).astype(np.float32)
     rewards = rng.integers(0, 2, size=(b, g)).astype(np.float32)
     model_fn = M.model_fn(config)
-    logprob = M.logprob_fn(model_fn)
+    logprob = M.logprob_fn(model_fn, share_prompt=not args.no_share_prompt)
 
     # pi_old: one scoring pass (also a forward-only timing).
     score = jax.jit(logprob)
@@ -141,8 +149,12 @@ def main(argv=None) -> dict:
     opt_state = jtrain._place(opt.init(params), mesh)
     first, times, (_, _, metrics) = timed(step, params, opt_state, batch, prompt, repeats=args.steps)
     step_s = statistics.median(times)
-    fwd = b * g * ((p + t) * (config.flops_per_token(p + t) - 2 * config.hidden_size * config.vocab_size))
-    fwd += b * g * t * 2 * config.hidden_size * config.vocab_size  # the output layer on completion positions only
+    head = 2 * config.hidden_size * config.vocab_size  # the output layer, on completion positions only
+    if args.no_share_prompt:  # G copies of prompt + completion, every row attending all P + T keys
+        fwd = b * g * (p + t) * (config.flops_per_token(p + t) - head)
+    else:  # the prompt once per group (P keys), the completions over P + T keys
+        fwd = b * p * (config.flops_per_token(p) - head) + b * g * t * (config.flops_per_token(p + t) - head)
+    fwd += b * g * t * head
     flops = 3 * fwd
     peak = args.peak_tflops or peak_tflops(kind)
     result["train_step"] = {

@@ -55,7 +55,7 @@ def test_race_interleaves_and_rotates():
 
 def test_registry_lists_every_section_once_with_its_parts():
     assert bench.SECTIONS == tuple(registry.SECTIONS)
-    assert bench.SECTIONS == ("bandwidth", "loss", "decomposition", "sweep", "train", "scaling")
+    assert bench.SECTIONS == ("bandwidth", "loss", "decomposition", "sweep", "train", "scaling", "share", "hf_train")
     for name in bench.SECTIONS:
         section = registry.load(name)
         assert section.name == name and section.title

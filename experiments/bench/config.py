@@ -57,6 +57,12 @@ class Config:
     scale_loss: tuple[int, int, int] = (16, 8, 512)  # (B, G, T) base of the loss+grad scaling
     scale_factors: tuple[int, ...] = (2,)
     scale_train_model: tuple[int, int, int, int, int] = (128, 4, 2, 512, 64)
+    # shared-prompt compute: (B, G, T, P), and the Qwen2-layout model (hidden, heads, kv_heads, layers, mlp, vocab)
+    share_shape: tuple[int, int, int, int] = (1, 16, 256, 1024)
+    share_model: tuple[int, int, int, int, int, int] = (64, 4, 2, 2, 256, 512)
+    # Qwen2.5-shaped small model through the real train step and decompose: (B, G, T, P) and the model as above
+    hf_shape: tuple[int, int, int, int] = (1, 8, 64, 32)
+    hf_model: tuple[int, int, int, int, int, int] = (256, 4, 2, 4, 1024, 4096)
 
     def __post_init__(self) -> None:
         unknown = set(self.sections) - set(SECTIONS)
@@ -112,6 +118,7 @@ class Config:
             sweep_loop_settings=5,
             group_sweep_settings=2000,
             group_loop_settings=4,
+            share_shape=(1, 16, 128, 512),  # half of P = 1024, T = 256: the same G (P + T) / (P + G T) = 4
         )
 
     @classmethod
@@ -146,4 +153,8 @@ class Config:
             scale_loss=(2, 4, 8),
             scale_factors=(2,),
             scale_train_model=(16, 2, 1, 32, 16),
+            share_shape=(1, 4, 8, 16),
+            share_model=(16, 2, 1, 1, 32, 32),
+            hf_shape=(1, 4, 8, 4),
+            hf_model=(16, 2, 1, 1, 32, 32),
         )

@@ -23,6 +23,7 @@ GOALS = {
     "decomp_vs_train_step": 1.5,  # decompose at most 1.5x one train step on the same batch
     "sweep_vs_loop": 100.0,
     "train_vs_matmul": 0.30,  # fraction of the reference matmul's FLOP/s
+    "share_vs_theory": 0.7,  # shared-prompt speed-up at least 0.7 x G (P + T) / (P + G T)
 }
 
 LOWER_IS_BETTER = frozenset({"loss_vs_floor", "decomp_vs_train_step"})
@@ -35,6 +36,7 @@ DESCRIPTIONS = {
     "decomp_vs_train_step": "decomposition: prefix.decompose / one AdamW train step (same model, same batch)",
     "sweep_vs_loop": "inner-loop sweep: vmapped sims/s / Python-loop sims/s",
     "train_vs_matmul": "train step FLOP/s / reference matmul FLOP/s (same device, same run)",
+    "share_vs_theory": "shared-prompt log-prob+grad: (G-copies time / shared time) / (G (P + T) / (P + G T))",
 }
 
 

@@ -27,6 +27,8 @@ SECTIONS: dict[str, str] = {
     "sweep": "experiments.bench.sections.sweep",
     "train": "experiments.bench.sections.train",
     "scaling": "experiments.bench.sections.scaling",
+    "share": "experiments.bench.sections.share",
+    "hf_train": "experiments.bench.sections.hf_train",
 }
 
 

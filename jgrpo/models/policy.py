@@ -1,8 +1,10 @@
 """A loaded model as a jgrpo policy: the ``logprob_fn`` protocol and a KV-cache decoder for sampling.
 
 ``logprob_fn(model)(params, tokens [..., G, T], prompt [..., P]) -> logp [..., G, T]`` is
-the protocol of :mod:`jgrpo.policies`: one forward pass over ``prompt + completion`` per
-completion, ``log_softmax`` in float32 at positions ``P-1 .. P+T-2``. Prompts may be
+the protocol of :mod:`jgrpo.policies`: ``log_softmax`` in float32 at positions ``P-1 .. P+T-2``
+of ``prompt + completion``. By default (``share_prompt=True``) the prompt runs once per group
+and the G completions attend to its broadcast keys/values; ``share_prompt=False`` runs one
+forward pass over ``prompt + completion`` per completion (G copies of the prompt). Prompts may be
 left-padded: pass ``prompt_mask`` (1 on real prompt tokens), the same one the sampler got.
 
 :func:`decoder` wraps a model for :func:`jgrpo.sampling.sample`: a prefill of the B
@@ -77,9 +79,25 @@ def _check(tokens: Any, prompt: Any, prompt_mask: Any) -> None:
         raise ValueError(f"prompt_mask must have the shape of prompt {pshape}, got {tuple(np.shape(prompt_mask))}")
 
 
-def _scores(model: Any, params: Any, tokens: jax.Array, prompt: jax.Array, prompt_mask: Any, temperature: Any):
+def _scores(
+    model: Any, params: Any, tokens: jax.Array, prompt: jax.Array, prompt_mask: Any, temperature: Any, share: bool
+):
     tshape, p = tokens.shape, prompt.shape[-1]
     lead, (g, t) = tshape[:-2], tshape[-2:]
+    targets = tokens.reshape(-1, t).astype(jnp.int32)
+    config = _config_of(model)
+    if config is not None and share:
+        # The prompt once per group (its K/V broadcast over the G completions), then the completions
+        # tokens[:T-1] (the last token predicts nothing that is scored): the hidden state at prompt
+        # position P-1 predicts token 0, completion position j predicts token j+1.
+        prompt_b = prompt.reshape(-1, p).astype(jnp.int32)
+        mask_b = None if prompt_mask is None else jnp.asarray(prompt_mask).reshape(-1, p).astype(jnp.int32)
+        comp = tokens.reshape((-1, g, t)).astype(jnp.int32)[..., : t - 1]
+        h_prompt, h_comp = tf.grouped_hidden_states(config, params, prompt_b, comp, mask_b)
+        first = jnp.broadcast_to(h_prompt[:, None, -1:], (h_prompt.shape[0], g, 1, h_prompt.shape[-1]))
+        hidden = jnp.concatenate([first, h_comp], axis=2).reshape(-1, t, h_prompt.shape[-1])
+        logp, ent = _chunked_scores(config, params, hidden, targets, temperature)
+        return logp.reshape(tshape), ent.reshape(tshape)
     prompt_g = jnp.broadcast_to(prompt[..., None, :], lead + (g, p)).astype(jnp.int32)
     ids = jnp.concatenate([prompt_g, tokens.astype(jnp.int32)], axis=-1).reshape(-1, p + t)
     if prompt_mask is None:
@@ -87,15 +105,22 @@ def _scores(model: Any, params: Any, tokens: jax.Array, prompt: jax.Array, promp
     else:
         pm = jnp.broadcast_to(jnp.asarray(prompt_mask)[..., None, :], lead + (g, p)).astype(jnp.int32)
         mask = jnp.concatenate([pm, jnp.ones(lead + (g, t), jnp.int32)], axis=-1).reshape(-1, p + t)
-    targets = tokens.reshape(-1, t).astype(jnp.int32)
-    config = _config_of(model)
     if config is None:
         logits = (model(params, ids) if mask is None else model(params, ids, mask))[:, p - 1 : p + t - 1]
         logp, ent = _token_scores(logits, targets, temperature)
         return logp.reshape(tshape), ent.reshape(tshape)
-    # Logits only where they are read ([N, T, V], not [N, P+T, V]), in chunks of the T axis, each
-    # rematerialised: the [N, T, V] float32 logits never exist at once (V = 151936 for Qwen).
     hidden = tf.hidden_states(config, params, ids, mask)[:, p - 1 : p + t - 1]
+    logp, ent = _chunked_scores(config, params, hidden, targets, temperature)
+    return logp.reshape(tshape), ent.reshape(tshape)
+
+
+def _chunked_scores(config: ModelConfig, params: Any, hidden: jax.Array, targets: jax.Array, temperature: Any):
+    """``(logp, entropy)`` ``[N, T]`` of ``targets [N, T]`` from the hidden states ``[N, T, D]`` that predict them.
+
+    Logits only where they are read ([N, T, V], not [N, P+T, V]), in chunks of the T axis, each
+    rematerialised: the [N, T, V] float32 logits never exist at once (V = 151936 for Qwen).
+    """
+    t = targets.shape[-1]
     chunk = min(t, _CHUNK)
     n_chunks = -(-t // chunk)
     pad = n_chunks * chunk - t
@@ -109,8 +134,7 @@ def _scores(model: Any, params: Any, tokens: jax.Array, prompt: jax.Array, promp
     h_c = hidden.reshape(hidden.shape[0], n_chunks, chunk, -1).swapaxes(0, 1)
     y_c = targets_p.reshape(-1, n_chunks, chunk).swapaxes(0, 1)
     logp, ent = jax.lax.map(lambda xs: score(*xs), (h_c, y_c))  # [C, N, chunk]
-    logp, ent = (x.swapaxes(0, 1).reshape(-1, n_chunks * chunk)[:, :t].reshape(tshape) for x in (logp, ent))
-    return logp, ent
+    return (x.swapaxes(0, 1).reshape(-1, n_chunks * chunk)[:, :t] for x in (logp, ent))
 
 
 _CHUNK = 256
@@ -120,7 +144,9 @@ _token_scores = _score_lib.token_scores  # (logits [N, T, V], targets [N, T], te
 
 
 @functools.cache
-def logprob_and_entropy_fn(model: Any, *, temperature: float = 1.0) -> Callable[..., tuple[jax.Array, jax.Array]]:
+def logprob_and_entropy_fn(
+    model: Any, *, temperature: float = 1.0, share_prompt: bool = True
+) -> Callable[..., tuple[jax.Array, jax.Array]]:
     """``(params, tokens [..., G, T], prompt [..., P], prompt_mask=None) -> (logp, entropy)`` ``[..., G, T]`` float32.
 
     ``prompt`` may also be a :class:`Prompt` ``(ids, mask)`` (left-padded prompts in one pytree).
@@ -129,9 +155,14 @@ def logprob_and_entropy_fn(model: Any, *, temperature: float = 1.0) -> Callable[
       model: a ``model_fn`` of :func:`jgrpo.models.from_pretrained` (or its
         :class:`ModelConfig`), or any causal ``model_fn(params, ids [N, L], mask=None) -> logits``.
       temperature: the policy is ``softmax(logits / temperature)`` (static; 1 = the model).
+      share_prompt: for a :class:`ModelConfig` model, run each prompt once per group and attend the
+        G completions to its broadcast keys/values (:func:`jgrpo.models.transformer.grouped_hidden_states`):
+        ``B (P + G T)`` token rows instead of ``B G (P + T)``, the same values and gradients up to
+        float rounding. False: the ``prompt + completion`` sequences, G copies of the prompt (the
+        reference path). Ignored for an opaque ``model_fn`` (it only sees whole sequences).
 
     ``logp[..., i, t] = log pi(tokens[..., i, t] | prompt, tokens[..., i, :t])``; ``entropy`` is
-    the entropy of that next-token distribution. Cached per (model, temperature).
+    the entropy of that next-token distribution. Cached per (model, temperature, share_prompt).
     """
 
     def fn(params: Any, tokens: Any, prompt: Any, prompt_mask: Any = None) -> tuple[jax.Array, jax.Array]:
@@ -140,22 +171,22 @@ def logprob_and_entropy_fn(model: Any, *, temperature: float = 1.0) -> Callable[
                 raise ValueError("pass the prompt mask either in a Prompt or as prompt_mask, not both")
             prompt, prompt_mask = prompt.ids, prompt.mask
         _check(tokens, prompt, prompt_mask)
-        return _scores(model, params, jnp.asarray(tokens), jnp.asarray(prompt), prompt_mask, temperature)
+        return _scores(model, params, jnp.asarray(tokens), jnp.asarray(prompt), prompt_mask, temperature, share_prompt)
 
     return fn
 
 
 @functools.cache
-def logprob_fn(model: Any, *, temperature: float = 1.0) -> Callable[..., jax.Array]:
+def logprob_fn(model: Any, *, temperature: float = 1.0, share_prompt: bool = True) -> Callable[..., jax.Array]:
     """``logprob_fn(params, tokens [..., G, T], prompt [..., P], prompt_mask=None) -> logp [..., G, T]`` float32.
 
     The :class:`jgrpo.policies.LogprobFn` protocol for a loaded model (see
-    :func:`logprob_and_entropy_fn`)::
+    :func:`logprob_and_entropy_fn`; ``share_prompt=True`` runs each prompt once per group)::
 
         model_fn, params = jgrpo.models.from_pretrained(path)
         logp = jgrpo.models.logprob_fn(model_fn)(params, tokens, prompt)
     """
-    both = logprob_and_entropy_fn(model, temperature=temperature)
+    both = logprob_and_entropy_fn(model, temperature=temperature, share_prompt=share_prompt)
 
     def fn(params: Any, tokens: Any, prompt: Any, prompt_mask: Any = None) -> jax.Array:
         return both(params, tokens, prompt, prompt_mask)[0]

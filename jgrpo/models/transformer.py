@@ -43,6 +43,7 @@ __all__ = [
     "KVCache",
     "decode",
     "forward",
+    "grouped_hidden_states",
     "hidden_states",
     "init_cache",
     "init_params",
@@ -152,10 +153,13 @@ def _rope_tables(config: ModelConfig, positions: jax.Array, dtype: Any) -> tuple
 
 
 def _apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """``x [N, L, H, hd]`` rotated: ``x cos + rotate_half(x) sin`` with ``rotate_half = [-x2, x1]``."""
+    """``x [..., L, H, hd]`` rotated: ``x cos + rotate_half(x) sin`` with ``rotate_half = [-x2, x1]``.
+
+    ``cos, sin``: ``[..., L, hd]``, broadcast over the heads (and over any leading axis of size 1).
+    """
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+    return x * cos[..., None, :] + rotated * sin[..., None, :]
 
 
 def _linear(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
@@ -170,15 +174,8 @@ def _layer(config: ModelConfig, p: dict[str, jax.Array], x: jax.Array, cos, sin,
     ``mask`` ``[N, Lq, S]`` bool. Returns ``(x, k_all, v_all)`` (None, None without a cache).
     """
     n, lq, _ = x.shape
-    hq, hkv, hd, eps = config.num_heads, config.num_kv_heads, config.head_dim, config.rms_norm_eps
-    h = _rms_norm(x, p["attn_norm"], eps)
-    q = _linear(h, p["wq"], p.get("bq")).reshape(n, lq, hq, hd)
-    k = _linear(h, p["wk"], p.get("bk")).reshape(n, lq, hkv, hd)
-    v = _linear(h, p["wv"], p.get("bv")).reshape(n, lq, hkv, hd)
-    if config.qk_norm:
-        q = _rms_norm(q, p["q_norm"], eps)
-        k = _rms_norm(k, p["k_norm"], eps)
-    q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
+    hq, hkv, hd = config.num_heads, config.num_kv_heads, config.head_dim
+    q, k, v = _qkv(config, p, x, cos, sin)
     if k_all is not None:
         k_all = jax.lax.dynamic_update_slice_in_dim(k_all, k.astype(k_all.dtype), index, axis=1)
         v_all = jax.lax.dynamic_update_slice_in_dim(v_all, v.astype(v_all.dtype), index, axis=1)
@@ -188,12 +185,31 @@ def _layer(config: ModelConfig, p: dict[str, jax.Array], x: jax.Array, cos, sin,
     scores = jnp.where(mask[:, None, None], scores, _NEG)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("ngrqs,nsgd->nqgrd", probs, v).reshape(n, lq, hq * hd)
-    x = x + _linear(out, p["wo"], p.get("bo"))
+    return _out_and_mlp(config, p, x, out), k_all, v_all
+
+
+def _qkv(config: ModelConfig, p: dict[str, jax.Array], x: jax.Array, cos, sin):
+    """Queries ``[..., Lq, Hq, hd]``, keys and values ``[..., Lq, Hkv, hd]`` of ``x [..., Lq, D]`` (RoPE applied)."""
+    lead = x.shape[:-1]
+    hq, hkv, hd, eps = config.num_heads, config.num_kv_heads, config.head_dim, config.rms_norm_eps
+    h = _rms_norm(x, p["attn_norm"], eps)
+    q = _linear(h, p["wq"], p.get("bq")).reshape(lead + (hq, hd))
+    k = _linear(h, p["wk"], p.get("bk")).reshape(lead + (hkv, hd))
+    v = _linear(h, p["wv"], p.get("bv")).reshape(lead + (hkv, hd))
+    if config.qk_norm:
+        q = _rms_norm(q, p["q_norm"], eps)
+        k = _rms_norm(k, p["k_norm"], eps)
+    return _apply_rope(q, cos, sin), _apply_rope(k, cos, sin), v
+
+
+def _out_and_mlp(config: ModelConfig, p: dict[str, jax.Array], x: jax.Array, attn: jax.Array) -> jax.Array:
+    """The rest of a block after attention: ``x + o(attn)``, then ``x + mlp(rms(x))`` (``x``, ``attn`` ``[..., *]``)."""
+    eps = config.rms_norm_eps
+    x = x + _linear(attn, p["wo"], p.get("bo"))
     h = _rms_norm(x, p["mlp_norm"], eps)
     gate = _linear(h, p["w_gate"], p.get("b_gate"))
     up = _linear(h, p["w_up"], p.get("b_up"))
-    x = x + _linear(jax.nn.silu(gate) * up, p["w_down"], p.get("b_down"))
-    return x, k_all, v_all
+    return x + _linear(jax.nn.silu(gate) * up, p["w_down"], p.get("b_down"))
 
 
 def _run_layers(config: ModelConfig, params, x, positions, mask, k_cache=None, v_cache=None, index=0):
@@ -233,6 +249,80 @@ def hidden_states(
     x = params["embed"][input_ids].astype(dtype)
     h, _, _ = _run_layers(config, params, x, _positions(attention_mask), mask)
     return h
+
+
+def grouped_hidden_states(
+    config: ModelConfig,
+    params: Any,
+    prompt: jax.Array,
+    completions: jax.Array,
+    prompt_mask: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Final hidden states of G completions per prompt, the prompt run once per group: ``(h_prompt, h_comp)``.
+
+    Equals :func:`hidden_states` of the ``B*G`` sequences ``prompt[b] + completions[b, i]`` (attention mask
+    ``prompt_mask`` then ones) up to float rounding, with the prompt computed once per group instead of G
+    times: each layer runs the prompt rows ``[B, P]`` (causal, over the valid prompt keys), then the
+    completion rows ``[B, G, Tc]`` with attention over ``concat(prompt K/V of their group, own K/V)`` at
+    positions ``sum(prompt_mask[b]) + 0 .. Tc-1``. The prompt K/V are read through a broadcast over G
+    (never copied G times), so their gradient sums over the group. The token work falls from
+    ``B G (P + Tc)`` to ``B (P + G Tc)`` rows.
+
+    Args:
+      config: the model.
+      params: its parameters.
+      prompt: ``[B, P]`` int token ids (left-padded where ``prompt_mask`` is 0).
+      completions: ``[B, G, Tc]`` int token ids (Tc >= 0).
+      prompt_mask: ``[B, P]`` 0/1, or None (all real).
+
+    Returns:
+      ``h_prompt [B, P, D]`` and ``h_comp [B, G, Tc, D]`` (compute dtype, after the final norm).
+    """
+    b, p = prompt.shape
+    g, tc = completions.shape[1:]
+    dtype = jnp.dtype(config.dtype)
+    hq, hkv, hd = config.num_heads, config.num_kv_heads, config.head_dim
+    if prompt_mask is None:
+        prompt_mask = jnp.ones((b, p), jnp.int32)
+    valid = prompt_mask.astype(bool)  # [B, P]
+    mask_p = jnp.tril(jnp.ones((p, p), bool))[None] & valid[:, None, :]  # [B, P, P]
+    causal_c = jnp.tril(jnp.ones((tc, tc), bool))  # [Tc, Tc]
+    # Prompt rows and completion rows are packed into one [R, D] array (R = B P + B G Tc) for the
+    # projections and the MLP; only attention tells them apart.
+    rp = b * p
+    offset = jnp.sum(prompt_mask.astype(jnp.int32), axis=-1)  # [B]: the first completion position
+    pos_c = jnp.broadcast_to(offset[:, None, None] + jnp.arange(tc, dtype=jnp.int32), (b, g, tc))
+    positions = jnp.concatenate([_positions(prompt_mask).reshape(-1), pos_c.reshape(-1)])
+    cos, sin = _rope_tables(config, positions[None], dtype)
+    cos, sin = cos[0], sin[0]  # [R, hd]
+    scale = hd**-0.5
+
+    def body(x, lp):
+        q, k, v = _qkv(config, lp, x, cos, sin)  # [R, H, hd]
+        qp, kp, vp = (y[:rp].reshape(b, p, *y.shape[1:]) for y in (q, k, v))
+        qc, kc, vc = (y[rp:].reshape(b, g, tc, *y.shape[1:]) for y in (q, k, v))
+        qp = qp.reshape(b, p, hkv, hq // hkv, hd)
+        s = jnp.einsum("nqgrd,nsgd->ngrqs", qp, kp, preferred_element_type=jnp.float32) * scale
+        probs = jax.nn.softmax(jnp.where(mask_p[:, None, None], s, _NEG), axis=-1).astype(vp.dtype)
+        out_p = jnp.einsum("ngrqs,nsgd->nqgrd", probs, vp).reshape(rp, hq * hd)
+        qc = qc.reshape(b, g, tc, hkv, hq // hkv, hd)
+        s_p = jnp.einsum("bmqhrd,bshd->bmhrqs", qc, kp, preferred_element_type=jnp.float32) * scale
+        s_c = jnp.einsum("bmqhrd,bmshd->bmhrqs", qc, kc, preferred_element_type=jnp.float32) * scale
+        s_p = jnp.where(valid[:, None, None, None, None, :], s_p, _NEG)
+        s_c = jnp.where(causal_c, s_c, _NEG)
+        probs = jax.nn.softmax(jnp.concatenate([s_p, s_c], axis=-1), axis=-1).astype(vc.dtype)
+        out_c = jnp.einsum("bmhrqs,bshd->bmqhrd", probs[..., :p], vp)
+        out_c = out_c + jnp.einsum("bmhrqs,bmshd->bmqhrd", probs[..., p:], vc)
+        out = jnp.concatenate([out_p, out_c.reshape(b * g * tc, hq * hd)])
+        return _out_and_mlp(config, lp, x, out), None
+
+    if config.remat:
+        body = jax.checkpoint(body)
+    ids = jnp.concatenate([prompt.reshape(-1), completions.reshape(-1)])
+    x, _ = jax.lax.scan(body, params["embed"][ids].astype(dtype), params["layers"])
+    h = _rms_norm(x, params["final_norm"], config.rms_norm_eps)
+    d = h.shape[-1]
+    return h[:rp].reshape(b, p, d), h[rp:].reshape(b, g, tc, d)
 
 
 def logits_from_hidden(config: ModelConfig, params: Any, hidden: jax.Array) -> jax.Array:

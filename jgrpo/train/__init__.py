@@ -5,7 +5,8 @@ One concern per module:
 * :mod:`jgrpo.train.config`: :class:`TrainConfig` (frozen, hashable) and ``OPTIMIZERS``;
 * :mod:`jgrpo.train.mesh`: the "data" / "fsdp" mesh (:func:`data_mesh`, :func:`make_mesh`),
   FSDP partitions (:func:`fsdp_spec`, :func:`fsdp_shardings`) and :func:`batch_sharding`;
-* :mod:`jgrpo.train.logprob`: :func:`policy_logprob` of the temperature-τ policy;
+* :mod:`jgrpo.train.logprob`: :func:`policy_logprob` of the temperature-τ policy and
+  :func:`grouped_policy_logprob`, the same with the prompt run once per group (what the loop uses);
 * :mod:`jgrpo.train.warmup` / :mod:`jgrpo.train.evaluate`: the supervised warm-up and evaluation;
 * :mod:`jgrpo.train.optimizer`: :func:`make_optimizer`, the optax chain a config names;
 * :mod:`jgrpo.train.step`: :func:`make_train_step`, one sharded step for any ``logprob_fn``
@@ -23,7 +24,7 @@ from jgrpo.train.checkpoint import _abstract, _Checkpointer  # noqa: F401
 from jgrpo.train.compile import _jit, _options  # noqa: F401
 from jgrpo.train.config import OPTIMIZERS, TrainConfig, _program_key  # noqa: F401
 from jgrpo.train.evaluate import evaluate
-from jgrpo.train.logprob import policy_logprob
+from jgrpo.train.logprob import grouped_policy_logprob, policy_logprob
 from jgrpo.train.loop import TrainResult, train
 from jgrpo.train.mesh import (  # noqa: F401
     DATA_AXIS,
@@ -59,6 +60,7 @@ __all__ = [
     "fsdp_shardings",
     "fsdp_spec",
     "grad_and_update",
+    "grouped_policy_logprob",
     "make_mesh",
     "make_optimizer",
     "make_train_step",

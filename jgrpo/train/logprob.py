@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from jgrpo import _scores
 
-__all__ = ["policy_logprob"]
+__all__ = ["grouped_policy_logprob", "policy_logprob"]
 
 
 def policy_logprob(
@@ -36,3 +36,21 @@ def policy_logprob(
     logits_NTV = logits_fn(params, ids)[:, p - 1 : p + t - 1]
     logp, entropy = _scores.token_scores(logits_NTV, tokens.reshape(b * g, t), temperature)
     return logp.reshape(b, g, t), entropy.reshape(b, g, t)
+
+
+def grouped_policy_logprob(
+    graphdef: Any, params: Any, tokens: jax.Array, prompt: jax.Array, temperature
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`policy_logprob` of a :class:`jgrpo.policies.Transformer` with the prompt run once per group.
+
+    The logits come from :func:`jgrpo.policies.nnx_grouped_logits` (each prompt once, its keys/values
+    broadcast over the G completions): the same ``(logp, entropy)`` ``[B, G, T]`` float32 as
+    ``policy_logprob(nnx_logits_fn(graphdef), ...)`` up to float rounding, with ``B (P + G T)`` token rows
+    instead of ``B G (P + T)``. What :func:`jgrpo.train.train` scores with.
+    """
+    from flax import nnx
+
+    from jgrpo.policies import nnx_grouped_logits
+
+    logits = nnx_grouped_logits(nnx.merge(graphdef, params), tokens, prompt)
+    return _scores.token_scores(logits, tokens, temperature)

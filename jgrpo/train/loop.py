@@ -67,7 +67,7 @@ from jgrpo.sampling import sample
 from jgrpo.train.checkpoint import _abstract, _Checkpointer
 from jgrpo.train.compile import _jit, _options
 from jgrpo.train.config import TrainConfig, _program_key
-from jgrpo.train.logprob import policy_logprob
+from jgrpo.train.logprob import grouped_policy_logprob
 from jgrpo.train.mesh import _check_divisible, _check_mesh, _constrain, _place, _shard_batch, data_mesh
 from jgrpo.train.metrics import MetricsFn, escape_metrics, masked_mean
 from jgrpo.train.optimizer import make_optimizer
@@ -113,7 +113,7 @@ def _outer_step_fn(
         )
         tokens, mask = shard(s.tokens), shard(s.mask)
         rewards = tasks.reward(task, tokens, mask, answers)
-        logp_fn = lambda p: policy_logprob(logits_fn, p, tokens, prompt, tau)  # noqa: E731
+        logp_fn = lambda p: grouped_policy_logprob(graphdef, p, tokens, prompt, tau)  # noqa: E731
         logp_old, entropy = jax.lax.stop_gradient(logp_fn(params))
         logp_ref = jax.lax.stop_gradient(logp_fn(ref_params)[0]) if needs_ref else None
         batch = jgrpo.GroupBatch(
