@@ -40,7 +40,9 @@ run the real optax Adam; ``simulate_inner_steps`` / ``simulate_group`` run μ GR
 inner steps on a fixed group and measure the escape (``escape``);
 ``adam_update_split`` / ``momentum_update_split`` and ``log_ratio_jvps`` split a
 step's change of each token's log-ratio into the stale-momentum and the
-fresh-gradient parts (the exact attribution of the overshoot).
+fresh-gradient parts (the exact attribution of the overshoot). ``flat_policy`` stores a
+policy's parameters as vectors, the layout in which a vmapped sweep of these simulations
+runs fastest on XLA's CPU backend (same trajectory under an elementwise optimizer).
 """
 
 from __future__ import annotations
