@@ -11,7 +11,8 @@ The GRPO inner loop (tabular policy, Adam) runs on the table stored flat
 (``analysis.overshoot.flat_policy``: the same trajectory, every baseline included;
 XLA's CPU backend runs the vmapped elementwise Adam update several times faster on
 ``[N, T(V+1)V]`` than on ``[N, T, V+1, V]``). It is also timed, in the same race, in
-the table's own layout, on the path before issue 10 (the per-token gather
+the table's own layout, with the policy's dense log-softmax core (before the per-cell
+log-sum-exp), on the path before issue 10 (the per-token gather
 formulation of the tabular policy, whose gradient scatters V-wide rows, and the
 autodiff loss), vmapped at once and in chunks, and against its ceiling: the same
 Adam steps on the same table with a fixed gradient (no policy, no loss), the rate
@@ -35,7 +36,7 @@ from experiments.bench.goals import goal
 from experiments.bench.harness import Timing, blocking, cost, op_profile, race
 from experiments.bench.registry import Context, Section
 from experiments.bench.render import fmt_ops, fmt_ratio, fmt_seconds, table
-from jgrpo.policies import _tabular_core_gather, tabular_init, tabular_logprob
+from jgrpo.policies import _tabular_core_dense, _tabular_core_gather, tabular_init, tabular_logprob
 
 __all__ = ["SECTION"]
 
@@ -43,9 +44,11 @@ BASELINES = {"loop": "Python loop of optax steps", "single": "jitted per-setting
 
 # The GRPO inner loop's vmapped variants, timed in the same race (``vmapped`` is what the goal judges).
 VARIANTS = {
-    "vmapped": "today: table stored flat (analysis.overshoot.flat_policy), dense tabular log-softmax + fused loss, "
+    "vmapped": "today: table stored flat (analysis.overshoot.flat_policy), per-cell log-sum-exp policy + fused loss, "
     "lax.map over chunks of vmapped settings",
-    "vmapped_table": "the same with the table in its [T, V+1, V] layout (the path before the flat layout)",
+    "vmapped_dense": "the same with the dense log-softmax of the whole table (the policy's core before the "
+    "per-cell log-sum-exp)",
+    "vmapped_table": "today's policy and loss with the table in its [T, V+1, V] layout",
     "vmapped_whole": "today's path, one vmap over every setting",
     "vmapped_before": "before issue 10: per-token gather + autodiff loss, [T, V+1, V] table, one vmap over all",
     "optimizer_only": "ceiling: the same Adam steps on the same (flat) table, fixed gradient (no policy, no loss)",
@@ -131,6 +134,12 @@ def _adam_sweep(cfg: Config, log: Callable) -> dict[str, Any]:
     }
 
 
+def _logprob_dense(params, tokens, prompt=None):
+    """The tabular policy's log-probabilities with the dense log-softmax core (same values)."""
+    del prompt
+    return _tabular_core_dense(params["logits"], jnp.asarray(tokens))[0]
+
+
 def _logprob_before(params, tokens):
     """The tabular policy's log-probabilities as computed before issue 10 (per-token gather; same values)."""
     return _tabular_core_gather(params["logits"], jnp.asarray(tokens))[0]
@@ -180,6 +189,13 @@ def _group_sweep(cfg: Config, log: Callable, bw: dict[str, Any]) -> dict[str, An
         traj = overshoot.simulate_group(spec, flat.logprob_fn, flat.params, batch, opt, steps)
         return traj.final_aux["escape"].frac, traj.final_loss
 
+    flat_dense = overshoot.flat_policy(_logprob_dense, params)
+
+    def one_dense(lr, b1, b2, eps):  # the same simulation with the dense log-softmax core
+        opt = optax.adam(lr, b1=b1, b2=b2, eps=eps)
+        traj = overshoot.simulate_group(spec, flat_dense.logprob_fn, flat_dense.params, batch, opt, steps)
+        return traj.final_aux["escape"].frac, traj.final_loss
+
     def one_table(lr, b1, b2, eps):  # the same simulation, the table in its [T, V+1, V] layout
         opt = optax.adam(lr, b1=b1, b2=b2, eps=eps)
         traj = overshoot.simulate_group(spec, tabular_logprob, params, batch, opt, steps)
@@ -194,6 +210,7 @@ def _group_sweep(cfg: Config, log: Callable, bw: dict[str, Any]) -> dict[str, An
 
     chunk = cfg.group_sweep_chunk if n % cfg.group_sweep_chunk == 0 else n
     vmapped = jax.jit(chunked(one, chunk))
+    dense = jax.jit(chunked(one_dense, chunk))
     table_layout = jax.jit(chunked(one_table, chunk))
     whole = jax.jit(jax.vmap(one))
     before = jax.jit(jax.vmap(one_before))
@@ -228,6 +245,7 @@ def _group_sweep(cfg: Config, log: Callable, bw: dict[str, Any]) -> dict[str, An
 
     m = {
         "vmapped": n,
+        "vmapped_dense": n,
         "vmapped_table": n,
         "vmapped_whole": n,
         "vmapped_before": n,
@@ -238,6 +256,7 @@ def _group_sweep(cfg: Config, log: Callable, bw: dict[str, Any]) -> dict[str, An
     args = (lr, b1, b2, eps)
     fns = {
         "vmapped": blocking(vmapped, *args),
+        "vmapped_dense": blocking(dense, *args),
         "vmapped_table": blocking(table_layout, *args),
         "vmapped_whole": blocking(whole, *args),
         "vmapped_before": blocking(before, *args),
@@ -249,6 +268,7 @@ def _group_sweep(cfg: Config, log: Callable, bw: dict[str, Any]) -> dict[str, An
     check = {
         "loop_loss_abs_err": abs(float(loss_v[0]) - float(loop_one(0)[1])),
         "single_loss_abs_err": abs(float(loss_v[0]) - float(single(lr[0], b1[0], b2[0], eps[0])[1])),
+        "dense_loss_max_abs_err": float(jnp.max(jnp.abs(loss_v - dense(*args)[1]))),
         "table_loss_max_abs_err": float(jnp.max(jnp.abs(loss_v - table_layout(*args)[1]))),
         "whole_loss_max_abs_err": float(jnp.max(jnp.abs(loss_v - whole(*args)[1]))),
         "before_loss_max_abs_err": float(jnp.max(jnp.abs(loss_v - before(*args)[1]))),
@@ -306,6 +326,8 @@ def variant_rates(times: dict[str, Timing], settings: dict[str, int]) -> dict[st
     rate = {k: settings[k] / times[k].median for k in VARIANTS if k in times}
     loop = settings["loop"] / times["loop"].median
     out: dict[str, Any] = {"variant_sims_per_s": rate}
+    if "vmapped_dense" in rate:
+        out["speedup_vs_dense_core"] = rate["vmapped"] / rate["vmapped_dense"]
     if "vmapped_table" in rate:
         out["speedup_vs_table_layout"] = rate["vmapped"] / rate["vmapped_table"]
         out["table_layout_vs_loop"] = rate["vmapped_table"] / loop
