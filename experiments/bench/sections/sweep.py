@@ -445,6 +445,8 @@ def summary(sweep: dict[str, Any]) -> list[str]:
             f"{fmt_ratio(s['speedup_vs_loop'])}x the Python loop, {fmt_ratio(s['speedup_vs_jitted_per_setting'])}x "
             f"the jitted per-setting call (the strongest baseline: {BASELINES[s['strongest_baseline']]})"
         )
+        if "speedup_vs_dense_core" in s:
+            line += f"; the per-cell log-sum-exp core is {fmt_ratio(s['speedup_vs_dense_core'])}x the dense one's rate"
         if "table_layout_vs_loop" in s:
             line += (
                 f"; with the table in its [T, V+1, V] layout {fmt_ratio(s['table_layout_vs_loop'])}x the loop "
