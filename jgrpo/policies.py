@@ -201,16 +201,31 @@ def _tabular_cells(table: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.
 
 @jax.jit
 def _tabular_core(table: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(logp, entropy)`` ``[..., T]``: the table's log-softmax, then one scalar per token.
+    """``(logp, entropy)`` ``[..., T]``: one log-sum-exp per cell of the table, then one scalar per token.
 
-    The log-softmax runs once over the dense table ``[T_max, V+1, V]`` (every cell, in its
-    natural layout) and each token reads one entry, ``logp_t = log_softmax(table)[t, y_{t-1}, y_t]``;
-    the entropies likewise, one per cell. The values are those of the per-token form
-    ``log_softmax(table[t, y_{t-1}])[y_t]`` (the same row-wise log-softmax); the gradient is the
-    log-softmax's on the dense table plus a scalar per token, instead of a ``[..., T, V]`` gather
-    whose transpose scatters ``V``-wide rows: under ``vmap`` over parameter sets (an inner-loop
-    sweep) no ``[N, ..., T, V]`` array is formed at all.
+    The table is read as ``[T_max (V+1), V]`` rows (one per cell, a free reshape); each row's
+    log-sum-exp is computed once and each token reads two scalars,
+    ``logp_t = table[t, y_{t-1}, y_t] - logsumexp(table[t, y_{t-1}])``; the entropies likewise, one per
+    cell. The values are those of the per-token form ``log_softmax(table[t, y_{t-1}])[y_t]``
+    (:func:`_tabular_core_gather`, float32 rounding); the gradient is a scalar per token into the table
+    and the log-sum-exp's into its rows, instead of a ``[..., T, V]`` gather whose transpose scatters
+    ``V``-wide rows, and no log-softmaxed ``[T_max, V+1, V]`` table is formed and differentiated: under
+    ``vmap`` over parameter sets (an inner-loop sweep) the only table-sized work per step is the
+    log-sum-exp and its gradient.
     """
+    t_max, n_ctx, vocab = table.shape
+    rows = table.astype(jnp.float32).reshape(t_max * n_ctx, vocab)  # row c + n_ctx t is cell (t, c)
+    lse = jax.nn.logsumexp(rows, axis=-1)  # [T_max (V+1)]
+    cell = jnp.arange(tokens.shape[-1]) * n_ctx + _tabular_prev(tokens, vocab)  # [..., T]
+    logp = rows.reshape(-1)[cell * vocab + tokens] - lse[cell]
+    return logp, _entropy(rows - lse[:, None])[cell]
+
+
+@jax.jit
+def _tabular_core_dense(table: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The dense formulation of :func:`_tabular_core` (issue 10 until the per-cell log-sum-exp): the
+    log-softmax of the whole ``[T_max, V+1, V]`` table, then one entry per token. Same values; kept as
+    a reference for the tests and the benchmark."""
     lsm = jax.nn.log_softmax(table.astype(jnp.float32), axis=-1)  # [T_max, V+1, V]
     pos = jnp.arange(tokens.shape[-1])
     prev = _tabular_prev(tokens, table.shape[-1])
