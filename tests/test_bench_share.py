@@ -223,3 +223,25 @@ def test_share_render_labels_every_ratio():
     assert g["also"]["flop_ratio_xla_layer_stack"] == pytest.approx(4.138)
     res_bad = {**_share_result(3.0, 1.0), **_stack_fields(4.138, 3.0)}  # the VJP count misses the criterion
     assert res_bad["flop_criterion"]["met"] is False and "NOT met" in "\n".join(share.render(res_bad))
+
+
+@pytest.mark.slow  # a compile (make test-all); lax.scan's unroll does not change values by construction
+def test_unroll_is_for_counting_only():
+    """transformer's ``unroll`` changes what XLA's cost analysis sees, not the values: both layer stacks agree."""
+    config, params, tokens, prompt, prompt_mask = _tiny_stack()
+    t = tokens.shape[-1]
+
+    @jax.jit
+    def both(params):
+        out = []
+        for unroll in (1, True):
+            hp, hc = transformer.grouped_hidden_states(
+                config, params, prompt, tokens[..., : t - 1], prompt_mask, unroll=unroll
+            )
+            h = transformer.hidden_states(config, params, tokens.reshape(-1, t), unroll=unroll)
+            out.append((hp, hc, h))
+        return out
+
+    rolled, unrolled = both(params)
+    for a, b in zip(rolled, unrolled, strict=True):
+        assert float(jnp.max(jnp.abs(a - b))) <= 1e-5 * float(jnp.max(jnp.abs(a)))

@@ -435,13 +435,13 @@ def summary(res: dict[str, Any]) -> list[str]:
     if "flop_ratio_stack_xla" in res:
         verdict = {True: "met", False: "NOT met", None: "not measured"}[res["flop_criterion"]["met"]]
         stack = (
-            f"; XLA-counted layer-stack FLOPs {fmt_ratio(res['flop_ratio_stack_xla'])} fewer (analytic "
+            f"; XLA-counted layer-stack FLOPs {fmt_ratio(res['flop_ratio_stack_xla'])}x fewer (analytic "
             f"{res['flop_ratio_analytic']:.3g}x, FLOP criterion {verdict})"
         )
     return [
-        f"Shared-prompt log-prob + gradient ({_key(res)}): {fmt_ratio(res['wall_ratio'])} faster than G copies of "
+        f"Shared-prompt log-prob + gradient ({_key(res)}): {fmt_ratio(res['wall_ratio'])}x faster than G copies of "
         f"the prompt, {res['wall_over_theory']:.2f} of the theoretical {res['flop_ratio_theory']:.3g}x{stack}; "
-        f"whole-program XLA count (one layer + output layer) {fmt_ratio(res['flop_ratio_xla'])}."
+        f"whole-program XLA count (one layer + output layer) {fmt_ratio(res['flop_ratio_xla'])}x."
     ]
 
 
