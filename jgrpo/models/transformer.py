@@ -212,8 +212,8 @@ def _out_and_mlp(config: ModelConfig, p: dict[str, jax.Array], x: jax.Array, att
     return x + _linear(jax.nn.silu(gate) * up, p["w_down"], p.get("b_down"))
 
 
-def _run_layers(config: ModelConfig, params, x, positions, mask, k_cache=None, v_cache=None, index=0):
-    """All layers as one ``lax.scan`` (rematerialised per layer when ``config.remat``)."""
+def _run_layers(config: ModelConfig, params, x, positions, mask, k_cache=None, v_cache=None, index=0, unroll=1):
+    """All layers as one ``lax.scan`` (rematerialised per layer when ``config.remat``; ``unroll`` as ``lax.scan``'s)."""
     cos, sin = _rope_tables(config, positions, x.dtype)
 
     def body(x, xs):
@@ -223,7 +223,7 @@ def _run_layers(config: ModelConfig, params, x, positions, mask, k_cache=None, v
 
     if config.remat:
         body = jax.checkpoint(body)
-    x, (k_cache, v_cache) = jax.lax.scan(body, x, (params["layers"], k_cache, v_cache))
+    x, (k_cache, v_cache) = jax.lax.scan(body, x, (params["layers"], k_cache, v_cache), unroll=unroll)
     return _rms_norm(x, params["final_norm"], config.rms_norm_eps), k_cache, v_cache
 
 
@@ -232,12 +232,21 @@ def _positions(attention_mask: jax.Array) -> jax.Array:
 
 
 def hidden_states(
-    config: ModelConfig, params: Any, input_ids: jax.Array, attention_mask: jax.Array | None = None
+    config: ModelConfig,
+    params: Any,
+    input_ids: jax.Array,
+    attention_mask: jax.Array | None = None,
+    *,
+    unroll: int | bool = 1,
 ) -> jax.Array:
     """Final (normed) hidden states ``[N, L, D]`` of ``input_ids [N, L]`` (no cache).
 
     Query ``i`` attends to key ``j <= i`` with ``attention_mask[j] = 1``; positions are
     ``cumsum(attention_mask) - 1`` (``0..L-1`` without a mask).
+
+    ``unroll``: passed to the layers' ``lax.scan`` (1, the default: one loop body). For FLOP counting:
+    XLA's cost analysis counts a while loop's body once, so only ``unroll=True`` (every layer laid out)
+    makes ``cost_analysis()`` hold all L layers. The values are the same either way.
     """
     n, length = input_ids.shape
     dtype = jnp.dtype(config.dtype)
@@ -247,7 +256,7 @@ def hidden_states(
     causal = jnp.tril(jnp.ones((length, length), bool))
     mask = causal[None] & valid[:, None, :]
     x = params["embed"][input_ids].astype(dtype)
-    h, _, _ = _run_layers(config, params, x, _positions(attention_mask), mask)
+    h, _, _ = _run_layers(config, params, x, _positions(attention_mask), mask, unroll=unroll)
     return h
 
 
@@ -257,6 +266,8 @@ def grouped_hidden_states(
     prompt: jax.Array,
     completions: jax.Array,
     prompt_mask: jax.Array | None = None,
+    *,
+    unroll: int | bool = 1,
 ) -> tuple[jax.Array, jax.Array]:
     """Final hidden states of G completions per prompt, the prompt run once per group: ``(h_prompt, h_comp)``.
 
@@ -274,6 +285,8 @@ def grouped_hidden_states(
       prompt: ``[B, P]`` int token ids (left-padded where ``prompt_mask`` is 0).
       completions: ``[B, G, Tc]`` int token ids (Tc >= 0).
       prompt_mask: ``[B, P]`` 0/1, or None (all real).
+      unroll: passed to the layers' ``lax.scan``, as in :func:`hidden_states` (``True`` for FLOP counting:
+        XLA's cost analysis then holds every layer, not one loop body). The values are the same either way.
 
     Returns:
       ``h_prompt [B, P, D]`` and ``h_comp [B, G, Tc, D]`` (compute dtype, after the final norm).
@@ -319,7 +332,7 @@ def grouped_hidden_states(
     if config.remat:
         body = jax.checkpoint(body)
     ids = jnp.concatenate([prompt.reshape(-1), completions.reshape(-1)])
-    x, _ = jax.lax.scan(body, params["embed"][ids].astype(dtype), params["layers"])
+    x, _ = jax.lax.scan(body, params["embed"][ids].astype(dtype), params["layers"], unroll=unroll)
     h = _rms_norm(x, params["final_norm"], config.rms_norm_eps)
     d = h.shape[-1]
     return h[:rp].reshape(b, p, d), h[rp:].reshape(b, g, tc, d)
