@@ -187,7 +187,7 @@ def test_subsets_by_depth_sum_to_shared(model):
     spec = methods.get("grpo")
     tree = prefix.prefix_tree(TOKENS, MASK)
     subsets = prefix.depth_subsets(tree, TOKENS.shape[-1])
-    dec = prefix.decompose(spec, logprob_fn, params, batch, subsets=subsets)
+    dec = _DECOMPOSE(spec, logprob_fn, params, batch, subsets=subsets)
     assert_tree_close(jax.tree.map(lambda x: x.sum(0), dec.subsets), dec.shared)
 
 

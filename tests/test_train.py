@@ -79,7 +79,7 @@ def _probe_logp(result: jtrain.TrainResult) -> np.ndarray:
     return np.asarray(logp)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: xdist interleaves modules on a worker, a module fixture would rerun
 def full_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("full")
     seen = []
