@@ -397,7 +397,7 @@ def test_grad_matches_central_differences(name, flavor, overrides, kind):
     with jax.enable_x64(True):
         logp, batch = to_jax(data, jnp.float64)
         steps = jnp.asarray(np.concatenate([h * v, -h * v]))
-        losses = np.asarray(jax.vmap(lambda d: jgrpo.loss(spec, logp + d, batch)[0])(steps))
+        losses = np.asarray(jax.jit(jax.vmap(lambda d: jgrpo.loss(spec, logp + d, batch)[0]))(steps))
     fd = (losses[: len(v)] - losses[len(v) :]) / (2 * h)
     analytic = np.einsum("kbgt,bgt->k", v, grad)
     size = np.einsum("kbgt,bgt->k", np.abs(v), np.abs(grad))
