@@ -135,9 +135,29 @@ def _wmax(x, y):
 
 
 def _clip_and_slope(x, lo, hi):
-    """``jnp.clip(x, lo, hi)`` = min(max(x, lo), hi) and its derivative (1/2 on a bound, as JAX's min/max)."""
+    """``jnp.clip(x, lo, hi)`` = min(max(x, lo), hi) and its derivative (1/2 on a bound, as JAX's min/max).
+
+    With static bounds ``lo < hi`` the slope d max/dx * d min/dy (y = max(x, lo)) is 1 strictly inside,
+    1/2 on either bound and 0 outside or at NaN: written so, it costs four compares and two selects per
+    element instead of two tie-aware derivatives and their product (same values).
+    """
     y = jnp.maximum(x, lo)
-    return jnp.minimum(y, hi), _wmax(x, lo) * _wmin(y, hi)
+    value = jnp.minimum(y, hi)
+    if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo < hi:
+        dtype = jnp.result_type(x)
+        one, half, zero = (jnp.asarray(v, dtype) for v in (1.0, 0.5, 0.0))
+        inside = (x > lo) & (x < hi)
+        on_bound = (x == lo) | (x == hi)
+        return value, jnp.where(inside, one, jnp.where(on_bound, half, zero))
+    return value, _wmax(x, lo) * _wmin(y, hi)
+
+
+def _wmin_pair(x, y):
+    """(d min(x, y)/dx, d min(x, y)/dy) with JAX's tie rule, sharing the tie compare."""
+    dtype = jnp.result_type(x, y)
+    one, half, zero = (jnp.asarray(v, dtype) for v in (1.0, 0.5, 0.0))
+    tie = jnp.where(x == y, half, zero)
+    return jnp.where(x < y, one, tie), jnp.where(y < x, one, tie)
 
 
 class _Token(NamedTuple):
@@ -166,8 +186,8 @@ def _ppo_term(spec: MethodSpec, ratio, adv):
     c, dc = _clip_and_slope(ratio, lo, hi)
     p, q = u * adv, c * adv
     term = jnp.minimum(p, q)
-    wp, wq = _wmin(p, q), _wmin(q, p)
-    d_ratio = wp * adv * du + wq * adv * dc
+    wp, wq = _wmin_pair(p, q)
+    d_ratio = adv * (wp * du + wq * dc) if spec.ratio_cap is not None else adv * (wp + wq * dc)
     d_adv = wp * u + wq * c
     if spec.dual_clip is not None:
         floor = spec.dual_clip * adv
@@ -204,7 +224,7 @@ def _token(plan: _Plan, logp, logp_old, mb, logp_ref, adv) -> _Token:
     """Values and derivatives of every per-token piece (XLA keeps the ones that are used)."""
     spec = plan.spec
     zero = jnp.zeros((), logp.dtype)
-    x = jnp.where(mb, logp, zero) - jnp.where(mb, logp_old, zero)
+    x = jnp.where(mb, logp - logp_old, zero)
     xc, dxc = _clip_and_slope(x, spec.log_ratio_min, spec.log_ratio_max)
     ratio = jnp.exp(xc)
     term = dterm = dadv = kl = dkl = None
