@@ -327,6 +327,28 @@ def test_ppo_term_closed_form_matches_jax_grad_including_ties():
     assert np.any(ss == lo) and np.any(ss == hi) and np.any(ss == 1.5) and np.any((ss == 3.0) & (aa < 0))
 
 
+def test_clip_slope_and_min_pair_match_jax_grad_at_bounds_ties_and_nonfinite():
+    """The interval form of the clip slope and the shared-tie min derivatives equal jax.grad exactly.
+
+    On both bounds (slope 1/2), inside (1), outside (0), at +-inf and NaN (0), for bounds given as
+    Python floats (the fast path) and as arrays (the product of tie-aware derivatives).
+    """
+    x = jnp.asarray([-jnp.inf, -30.0, -20.0, -19.5, 0.0, 19.5, 20.0, 30.0, jnp.inf, jnp.nan], jnp.float32)
+    ref = jax.vmap(jax.grad(lambda v: jnp.clip(v, -20.0, 20.0)))(x)
+    for lo, hi in ((-20.0, 20.0), (jnp.float32(-20.0), jnp.float32(20.0))):
+        value, slope = fused._clip_and_slope(x, lo, hi)
+        np.testing.assert_array_equal(value, jnp.clip(x, -20.0, 20.0))
+        np.testing.assert_array_equal(slope, ref)
+    assert float(slope[2]) == 0.5 and float(slope[6]) == 0.5 and float(slope[4]) == 1.0
+    p = jnp.asarray([1.0, 2.0, 2.0, 3.0, jnp.nan, jnp.inf], jnp.float32)
+    q = jnp.asarray([2.0, 2.0, 1.0, jnp.nan, 1.0, jnp.inf], jnp.float32)
+    wp, wq = fused._wmin_pair(p, q)
+    np.testing.assert_array_equal(wp, jax.vmap(jax.grad(jnp.minimum, 0))(p, q))
+    np.testing.assert_array_equal(wq, jax.vmap(jax.grad(jnp.minimum, 1))(p, q))
+    np.testing.assert_array_equal(wp, fused._wmin(p, q))
+    np.testing.assert_array_equal(wq, fused._wmin(q, p))
+
+
 @pytest.mark.parametrize("kl", ["k1", "k2", "k3", "abs"])
 def test_kl_closed_form_matches_jax_grad(kl):
     spec = get("grpo", flavor="verl", kl=kl)  # verl: k3 with log-ratio clamp 20 and value clamp 10
