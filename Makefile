@@ -22,11 +22,11 @@ readme: $(VENV)/.installed
 
 # Two workers: XLA compiles are mostly single-threaded, so the 2-core CI halves its wall time.
 test: $(VENV)/.installed
-	$(PY) -m pytest -n $${PYTEST_WORKERS:-2} --dist loadgroup -m "not interop and not slow" tests
+	$(PY) -m pytest -n $${PYTEST_WORKERS:-2} -m "not interop and not slow" tests
 
 # Everything but the verl comparison, including the slow experiment and benchmark smoke runs.
 test-all: $(VENV)/.installed
-	$(PY) -m pytest -n $${PYTEST_WORKERS:-2} --dist loadgroup -m "not interop" tests
+	$(PY) -m pytest -n $${PYTEST_WORKERS:-2} -m "not interop" tests
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .

@@ -203,7 +203,6 @@ def test_fsdp_spec_splits_the_largest_divisible_dimension():
 # ----------------------------------------------------------------------------- the loop
 
 
-@pytest.mark.xdist_group("full_run")  # one worker computes the module fixture once
 def test_training_steps_give_finite_metrics(full_run):
     _, result = full_run
     assert result.step == 4 and len(result.history) == 4
@@ -228,7 +227,6 @@ def test_training_steps_give_finite_metrics(full_run):
     assert max(jax.tree.leaves(moved)) > 0
 
 
-@pytest.mark.xdist_group("full_run")  # one worker computes the module fixture once
 def test_kill_and_resume_matches_uninterrupted_run(full_run, tmp_path):
     _, full = full_run
 
@@ -348,7 +346,6 @@ def _hf_steps(mesh, *, remat: bool, steps: int = 2) -> dict:
     }
 
 
-@pytest.mark.xdist_group("full_run")  # one worker computes the module fixture once
 def test_eight_virtual_devices_match_one_device(full_run):
     """Same config on 8 virtual CPU devices (a data=2 x fsdp=4 mesh, subprocess) vs this process's run.
 
