@@ -285,7 +285,7 @@ def _block_stats(plan: _Plan, logp, logp_old, mask, logp_ref, adv) -> RowStats:
     }
     cheap = ("length", "log_ratio_sum", "clamp_count", "kl_clamp_count")
     names = [k for k in cheap if sums[k] is not None]
-    reduced = lax.reduce(tuple(sums[k] for k in names), (zero,) * len(names), _add_all, (mask.ndim - 1,))
+    reduced = _row_sums(tuple(sums[k] for k in names))
     out = dict(zip(names, reduced, strict=True))
     out.update({k: jnp.sum(v, axis=-1) for k, v in sums.items() if v is not None and k not in cheap})
     return RowStats(
@@ -308,6 +308,24 @@ def _block_stats(plan: _Plan, logp, logp_old, mask, logp_ref, adv) -> RowStats:
 def _add_all(xs, ys):
     """The combiner of a variadic sum."""
     return tuple(x + y for x, y in zip(xs, ys, strict=True))
+
+
+@jax.custom_jvp
+def _row_sums(xs: tuple) -> tuple:
+    """Sums over the last axis of every array in ``xs`` as one variadic reduce (one loop over the inputs).
+
+    Its JVP is the sums of the tangents: JAX's own JVP of a variadic ``lax.reduce`` fails on symbolic-zero
+    tangents, which reach it when the fused loss is differentiated twice (e.g. ``analysis.prefix``'s
+    coefficients inside a gradient w.r.t. the parameters).
+    """
+    zeros = tuple(jnp.zeros((), x.dtype) for x in xs)
+    return tuple(lax.reduce(xs, zeros, _add_all, (xs[0].ndim - 1,)))
+
+
+@_row_sums.defjvp
+def _row_sums_jvp(primals, tangents):
+    (xs,), (ts,) = primals, tangents
+    return _row_sums(xs), tuple(jnp.sum(t, axis=-1) for t in ts)
 
 
 def _block_rows(rows: int, width: int) -> int:

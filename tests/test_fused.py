@@ -389,3 +389,25 @@ def test_forward_mode_needs_the_autodiff_path():
     _, tangent = jax.jvp(lambda lp: f(lp, False), (jnp.asarray(logp),), (jnp.ones_like(logp),))
     grad = jax.grad(lambda lp: f(lp, None))(jnp.asarray(logp))
     np.testing.assert_allclose(tangent, jnp.sum(grad), rtol=1e-5)
+
+
+def test_fused_loss_inside_a_parameter_gradient_like_prefix_coefficients():
+    """analysis.prefix's pattern: grad w.r.t. θ of Σ stop_gradient(∂J/∂logp) · logp(θ), fused = autodiff.
+
+    Tracing the fused loss's gradient under an outer JVP once crashed (JAX's JVP of a variadic lax.reduce on
+    symbolic-zero tangents; the bench's decomposition section hit it). Note: true second derivatives through
+    the fused custom_vjp (no stop_gradient) do not match autodiff today; use fused=False for those.
+    """
+    batch, logp0 = make_batch(seed=5, b=2, g=4, t=6)
+    w = jnp.asarray(np.random.default_rng(0).normal(size=logp0.shape), jnp.float32)
+
+    def outer(theta, fused):
+        spec = jgrpo.methods.get("gspo")
+        logp = -jnp.abs(jnp.asarray(logp0) + theta * w)
+        coef = jax.lax.stop_gradient(jax.grad(lambda lp: -jgrpo.loss(spec, lp, batch, fused=fused)[0])(logp))
+        return jnp.sum(coef * logp)
+
+    got = jax.grad(outer)(jnp.float32(0.1), True)
+    want = jax.grad(outer)(jnp.float32(0.1), False)
+    assert abs(float(want)) > 1e-3
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-5, atol=1e-7)
