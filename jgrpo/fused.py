@@ -94,7 +94,9 @@ class RowStats(NamedTuple):
     0 otherwise), ``length`` L_i = sum_t m (as ``jgrpo.weights.lengths``: d/dm = 1 on every position),
     ``tokens`` the same count as the weight of a per-completion term (d/dm = 1 on completion tokens
     only, as the masked terms of the autodiff path), ``log_ratio_sum`` R_i = sum_t m log I_t, ``probe`` P_i
-    (value 0, gradient m w.r.t. logp only: GSPO's sg[s_i / pi] pi), ``kl_sum`` K_i = sum_t m D_t,
+    = sum_t m u_t and ``curvature`` Q_i = sum_t m u_t^2 / 2 with u_t = logp_t - sg[logp_t] (values 0; w.r.t.
+    logp only: P has gradient m and no curvature, Q gradient 0 and Hessian diag(m); GSPO-token's
+    sg[s_i / pi] pi to second order), ``kl_sum`` K_i = sum_t m D_t,
     ``kl_importance_sum`` KI_i = sum_t m I_t D_t (0 unless needed).
     Statistics (no gradient): ``clip_count`` tokens whose clip is active (above for A_i > 0, below
     for A_i < 0), ``clamp_count`` tokens with the token log-ratio beyond [log_ratio_min,
@@ -107,6 +109,7 @@ class RowStats(NamedTuple):
     tokens: jax.Array
     log_ratio_sum: jax.Array
     probe: jax.Array
+    curvature: jax.Array
     kl_sum: jax.Array
     kl_importance_sum: jax.Array
     clip_count: jax.Array
@@ -117,7 +120,16 @@ class RowStats(NamedTuple):
     ratio_max: jax.Array
 
 
-_DIFFERENTIABLE = ("term_sum", "length", "tokens", "log_ratio_sum", "probe", "kl_sum", "kl_importance_sum")
+_DIFFERENTIABLE = (
+    "term_sum",
+    "length",
+    "tokens",
+    "log_ratio_sum",
+    "probe",
+    "curvature",
+    "kl_sum",
+    "kl_importance_sum",
+)
 
 
 # ----------------------------------------------------------------------------- per-token closed forms
@@ -294,6 +306,7 @@ def _block_stats(plan: _Plan, logp, logp_old, mask, logp_ref, adv) -> RowStats:
         tokens=out["length"],
         log_ratio_sum=out["log_ratio_sum"],
         probe=zeros,
+        curvature=zeros,
         kl_sum=out.get("kl_sum", zeros),
         kl_importance_sum=out.get("kl_importance_sum", zeros),
         clip_count=out["clip_count"],
@@ -381,18 +394,38 @@ def _row_stats_fwd(plan, logp, logp_old, mask, logp_ref, adv):
     return _forward(plan, *values), (values, wanted)
 
 
+@jax.custom_jvp
+def _curvature_term(g: jax.Array, logp: jax.Array) -> jax.Array:
+    """g u with u = logp - sg[logp]: zeros in value (XLA drops the term), derivative g dlogp (Q's Hessian g diag(m))."""
+    return jnp.zeros(jnp.broadcast_shapes(g.shape, logp.shape), logp.dtype)
+
+
+@_curvature_term.defjvp
+def _curvature_term_jvp(primals, tangents):
+    g, logp = primals
+    _, dlogp = tangents
+    return _curvature_term(g, logp), g * dlogp
+
+
 def _row_stats_bwd(plan, residuals, ct: RowStats):
     """One elementwise pass: each token's derivative recomputed from logp, logp_old, mask, logp_ref.
 
     With g_X the cotangent of the per-completion sum X and m the mask:
-      d/dlogp     = m (g_S f_s I' + g_R + g_P - g_K D' + g_KI (I' D - I D'))
-      d/dlogp_old = -m (g_S f_s I' + g_R + g_KI I' D)
+      d/dlogp     = m (g_S f_s I' + g_P + g_Q u - g_K D' + g_KI (I' D - I D')) + g_R
+      d/dlogp_old = -m (g_S f_s I' + g_KI I' D) - g_R
       d/dlogp_ref = m (g_K D' + g_KI I D')
       d/dmask     = g_L + m (g_S f + g_N + g_K D + g_KI I D)   (the mask multiplies each token's term)
       d/dA_i      = g_S sum_t m f_A
     where f_s, f_A are the partial derivatives of f(s, A) (:func:`_ppo_term`), I' = dI/dlog I
     (zero where the log-ratio clamp is active) and D' = dD/d(logp_ref - logp). Cotangents that are
-    symbolically zero, and inputs that are not differentiated, cost nothing.
+    symbolically zero, and inputs that are not differentiated, cost nothing. Every term is zero on
+    padding. The pass is differentiable JAX on the residuals (the inputs), so differentiating it again
+    gives the autodiff path's second derivatives w.r.t. logp and mixed with logp_old, logp_ref and the
+    rewards (tests/test_fused.py): u = logp - sg[logp] is 0 in value (:func:`_curvature_term`) and
+    carries Q's curvature; the explicit factor m of the terms weighted by the mask (alpha = c m, the
+    KL's weight) gives the mixed derivatives w.r.t. the mask too, except where a sequence-level ratio
+    has a gradient (TRL's sequence level, GCPO, GSPO's sequence-level KL importance weight): there
+    the mixed logp-mask derivatives differ.
     """
     values, wanted = residuals
     want_lp, want_lpo, want_mask, want_ref, want_adv = (w is not None for w in wanted)
@@ -406,7 +439,7 @@ def _row_stats_bwd(plan, residuals, ct: RowStats):
         g = getattr(ct, name)
         return None if isinstance(g, SymbolicZero) else g.astype(dtype).reshape(rows, 1)
 
-    g_s, g_l, g_n, g_r, g_p, g_k, g_ki = (col(name) for name in _DIFFERENTIABLE)
+    g_s, g_l, g_n, g_r, g_p, g_q, g_k, g_ki = (col(name) for name in _DIFFERENTIABLE)
     if not plan.token_term:
         g_s = None
     if logp_ref is None:
@@ -418,13 +451,18 @@ def _row_stats_bwd(plan, residuals, ct: RowStats):
     tok = _token(plan, flat(logp), flat(logp_old), mb, flat(logp_ref), adv.reshape(rows))
     zero = jnp.zeros((), dtype)
 
-    def total(parts):
-        parts = [p for p in parts if p is not None]
-        if not parts:
+    def total(weighted, plain=()):
+        """where(m, m * sum(weighted) + sum(plain), 0): the terms whose token weight is m (alpha = c m, the
+        KL's weight) times m, so that their derivatives w.r.t. the mask are those of the autodiff path."""
+        weighted = [p for p in weighted if p is not None]
+        plain = [p for p in plain if p is not None]
+        if not weighted and not plain:
             return None
-        out = parts[0]
-        for p in parts[1:]:
-            out = out + p
+        out = None
+        if weighted:
+            out = functools.reduce(jnp.add, weighted) * flat(mask)
+        if plain:
+            out = functools.reduce(jnp.add, plain, zero if out is None else out)
         return jnp.where(mb, out, zero).reshape(shape)
 
     def times(g, v):
@@ -434,20 +472,21 @@ def _row_stats_bwd(plan, residuals, ct: RowStats):
     if want_lp:
         d_lp = total(
             [
-                g_r,
                 g_p,
+                None if g_q is None else _curvature_term(g_q, flat(logp)),
                 times(g_s, tok.dterm_dratio * tok.ratio_slope if g_s is not None else None),
                 times(g_k, -tok.dkl_dx if g_k is not None else None),
                 times(g_ki, tok.ratio_slope * tok.kl - tok.ratio * tok.dkl_dx if g_ki is not None else None),
-            ]
+            ],
+            [g_r],
         )
     if want_lpo:
         d_lpo = total(
             [
-                times(g_r, -1.0),
                 times(g_s, -tok.dterm_dratio * tok.ratio_slope if g_s is not None else None),
                 times(g_ki, -tok.ratio_slope * tok.kl if g_ki is not None else None),
-            ]
+            ],
+            [times(g_r, -1.0)],
         )
     if want_ref:
         d_ref = total(
@@ -458,12 +497,13 @@ def _row_stats_bwd(plan, residuals, ct: RowStats):
         )
     if want_mask:
         d_mask = total(
+            [],
             [
                 times(g_s, tok.term if g_s is not None else None),
                 g_n,
                 times(g_k, tok.kl if g_k is not None else None),
                 times(g_ki, tok.ratio * tok.kl if g_ki is not None else None),
-            ]
+            ],
         )
         if g_l is not None:
             d_mask = jnp.broadcast_to(g_l.reshape(shape[:-1] + (1,)), shape) + (0.0 if d_mask is None else d_mask)
@@ -506,8 +546,9 @@ def loss(spec: MethodSpec, logp: jax.Array, batch: GroupBatch) -> tuple[jax.Arra
       ``(loss, aux)`` as :func:`jgrpo.loss`.
 
     Note:
-      Forward-mode differentiation (``jax.jvp``, ``jax.hessian``) of a ``custom_vjp`` is not
-      available: use ``jgrpo.loss(..., fused=False)`` for it.
+      Reverse-over-reverse second derivatives (``jax.grad`` of a gradient: Hessian-vector products)
+      equal the autodiff path's (:func:`_row_stats_bwd`). Forward-mode differentiation (``jax.jvp``,
+      ``jax.hessian``) of a ``custom_vjp`` is not available: use ``jgrpo.loss(..., fused=False)``.
     """
     from jgrpo.ratios import ppo_clip_term  # the same f(s, A) as the autodiff path, per completion
 
@@ -544,10 +585,10 @@ def loss(spec: MethodSpec, logp: jax.Array, batch: GroupBatch) -> tuple[jax.Arra
         ratio_sum, ratio_min, ratio_max = st.ratio_sum, st.ratio_min, st.ratio_max
         seq_ratio = None
     else:
-        # One ratio per completion: GSPO-token (value s_i, gradient s_i dlogp_t through the probe),
+        # One ratio per completion: GSPO-token (value s_i, gradient s_i dlogp_t through the probes),
         # TRL's sequence level (gradient through the mean), GCPO (whole-sequence product).
         if spec.objective == Objective.GSPO:
-            x = sg(st.log_ratio_sum / safe_len) + st.probe / safe_len
+            x = sg(st.log_ratio_sum / safe_len)
         elif spec.objective == Objective.SEQUENCE:
             x = st.log_ratio_sum
         else:
@@ -555,6 +596,18 @@ def loss(spec: MethodSpec, logp: jax.Array, batch: GroupBatch) -> tuple[jax.Arra
         seq_ratio = jnp.exp(clamp(x))
         term = ppo_clip_term(spec, seq_ratio, adv)
         term_sum = st.tokens * term
+        if spec.objective == Objective.GSPO:
+            # GSPO-token: each token's term is f(exp(clamp(u_t + x_i)), A_i), u_t = logp_t - sg[logp_t] = 0,
+            # so J_i = sum_t m f depends on logp through u alone, token by token: its gradient is
+            # phi'(x_i) m and its Hessian phi''(x_i) diag(m), phi(z) = f(exp(clamp(z)), A_i) (derivatives by
+            # JAX, ties included). The probes P (gradient m) and Q (Hessian diag(m)) carry exactly these;
+            # x_i is constant (sg), so phi' and phi'' vary with A_i only (the mixed derivatives).
+            def phi(z):
+                return ppo_clip_term(spec, jnp.exp(clamp(z)), adv)
+
+            ones = jnp.ones_like(x)
+            slope, curve = jax.jvp(lambda z: jax.jvp(phi, (z,), (ones,))[1], (x,), (ones,))
+            term_sum = term_sum + slope * st.probe + curve * st.curvature
         nonempty = length > 0
         clip_high = jnp.where((adv > 0) & (seq_ratio > hi), length, 0.0)
         clip_low = jnp.where((adv < 0) & (seq_ratio < lo), length, 0.0)

@@ -202,7 +202,8 @@ def loss(
         ``[..., G, T]`` inputs for the value and aux, one for the gradient, a hand-written VJP)
         wherever :func:`jgrpo.fused.supports` allows, autodiff elsewhere; ``False``: always
         autodiff (the reference; also the path for forward-mode ``jax.jvp`` / ``jax.hessian``,
-        which a ``custom_vjp`` does not support); ``True``: the fused path or a ValueError saying
+        which a ``custom_vjp`` does not support; ``jax.grad`` of a gradient, e.g. Hessian-vector
+        products, works on both paths and agrees); ``True``: the fused path or a ValueError saying
         why it does not apply. Static (``static_argnames="fused"`` under jit).
 
     Returns:

@@ -395,8 +395,8 @@ def test_fused_loss_inside_a_parameter_gradient_like_prefix_coefficients():
     """analysis.prefix's pattern: grad w.r.t. θ of Σ stop_gradient(∂J/∂logp) · logp(θ), fused = autodiff.
 
     Tracing the fused loss's gradient under an outer JVP once crashed (JAX's JVP of a variadic lax.reduce on
-    symbolic-zero tangents; the bench's decomposition section hit it). Note: true second derivatives through
-    the fused custom_vjp (no stop_gradient) do not match autodiff today; use fused=False for those.
+    symbolic-zero tangents; the bench's decomposition section hit it). True second derivatives (no
+    stop_gradient): test_second_derivatives_match_autodiff.
     """
     batch, logp0 = make_batch(seed=5, b=2, g=4, t=6)
     w = jnp.asarray(np.random.default_rng(0).normal(size=logp0.shape), jnp.float32)
@@ -411,3 +411,93 @@ def test_fused_loss_inside_a_parameter_gradient_like_prefix_coefficients():
     want = jax.grad(outer)(jnp.float32(0.1), False)
     assert abs(float(want)) > 1e-3
     np.testing.assert_allclose(float(got), float(want), rtol=1e-5, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- second derivatives
+
+
+def sequence_ratio_with_gradient(spec) -> bool:
+    """A sequence-level ratio differentiated through its mean (TRL's sequence level, GCPO, a sequence-level KL
+    importance weight): the mixed logp-mask second derivatives of these differ (jgrpo.fused._row_stats_bwd)."""
+    sequence = spec.objective == methods.Objective.SEQUENCE or (
+        spec.objective == methods.Objective.PPO_CLIP and spec.ratio_level == methods.RatioLevel.SEQUENCE
+    )
+    importance = spec.beta > 0 and spec.regularizer == methods.Regularizer.KL_IMPORTANCE
+    return sequence or (importance and not fused._plan(spec, True).kl_importance)
+
+
+def second_derivatives(spec, logp, batch, v, path):
+    """d/d(logp, logp_old, mask, logp_ref, rewards) of <d loss / d logp, v>: an HVP and the mixed derivatives."""
+
+    def inner(lp, lpo, m, ref, r):
+        b = dataclasses.replace(batch, logp_old=lpo, mask=m, logp_ref=ref, rewards=r)
+        return jnp.sum(jax.grad(lambda x: jgrpo.loss(spec, x, b, fused=path)[0])(lp) * v)
+
+    args = (logp, batch.logp_old, batch.mask, batch.logp_ref, batch.rewards)
+    return jax.jit(jax.grad(inner, argnums=(0, 1, 2, 3, 4)))(*[jnp.asarray(a) for a in args])
+
+
+def assert_second_derivatives_agree(label, spec, tol=1e-6):
+    """Fused vs autodiff second derivatives, each relative to the autodiff one's largest entry (nonzero)."""
+    batch, logp = make_batch(seed=1, b=3, g=4, t=7, spread=0.5)
+    v = jnp.asarray(np.random.default_rng(0).normal(size=np.shape(logp)), jnp.float32)
+    want = second_derivatives(spec, logp, batch, v, False)
+    got = second_derivatives(spec, logp, batch, v, True)
+    assert float(jnp.max(jnp.abs(want[0]))) > 1e-6, "the Hessian-vector product must not vanish here"
+    for name, x, y in zip(INPUTS, want, got, strict=True):
+        if name == "mask" and sequence_ratio_with_gradient(spec):
+            continue
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        np.testing.assert_allclose(y, x, rtol=0, atol=tol * max(float(np.max(np.abs(x))), 1e-30), err_msg=name)
+
+
+SECOND_ORDER_FAST = [("grpo-paper", get("grpo")), ("gspo-verl", get("gspo", flavor="verl"))] + [
+    (c, _option_spec(c)) for c in ("dual clip + cap + k1", "gspo + kl_importance", "gcpo once + kl")
+]
+
+
+@pytest.mark.parametrize("label, spec", SECOND_ORDER_FAST, ids=[c for c, _ in SECOND_ORDER_FAST])
+def test_second_derivatives_match_autodiff(label, spec):
+    """jax.grad of the fused gradient = autodiff's: w.r.t. logp (an HVP) and mixed with every input.
+
+    GSPO-token's gradient sg[s_i / pi] pi once came from a linear probe, whose Hessian (a rank-one
+    coupling of a completion's tokens) was not the autodiff path's diagonal one: relative error 1.0.
+    """
+    assert_second_derivatives_agree(label, spec)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "label",
+    # "gspo small clamps" clamps every sequence ratio: its Hessian is 0 on both paths, nothing to compare.
+    [f"{n}-{f}" for n, f in FUSED_PRESETS] + [c for c in OPTIONS if c != "gspo small clamps"],
+)
+def test_every_fused_method_has_the_autodiff_second_derivatives(label):
+    if label in OPTIONS:
+        spec = _option_spec(label)
+    else:
+        name, flavor = label.rsplit("-", 1)
+        spec = get(name, flavor=flavor)
+    assert_second_derivatives_agree(label, spec)
+
+
+def test_fused_hessian_vector_product_matches_central_differences_of_the_gradient():
+    """float64: the fused HVP against (grad(logp + h v) - grad(logp - h v)) / 2h, for token-ratio methods.
+
+    Not for GSPO: its surrogate holds sg[s_i], so autodiff's second derivative (which the fused path
+    matches, above) is not the derivative of the gradient field, which moves with s_i.
+    """
+    with jax.enable_x64(True):
+        batch, logp = make_batch(seed=3, b=2, g=4, t=6, spread=0.4)
+        batch = jax.tree.map(
+            lambda a: np.asarray(a, np.float64) if np.issubdtype(np.asarray(a).dtype, np.floating) else a, batch
+        )
+        lp = jnp.asarray(logp, jnp.float64)
+        v = jnp.asarray(np.random.default_rng(1).normal(size=lp.shape))
+        for spec in (get("grpo"), get("dapo"), _option_spec("dual clip + cap + k1")):
+            grad = jax.jit(jax.grad(lambda x, spec=spec: jgrpo.loss(spec, x, batch, fused=True)[0]))
+            hvp = jax.grad(lambda x, grad=grad: jnp.sum(grad(x) * v))(lp)
+            h = 1e-5
+            fd = (grad(lp + h * v) - grad(lp - h * v)) / (2 * h)
+            assert float(jnp.max(jnp.abs(fd))) > 1e-3
+            np.testing.assert_allclose(np.asarray(hvp), np.asarray(fd), rtol=0, atol=1e-6 * float(jnp.max(jnp.abs(fd))))
