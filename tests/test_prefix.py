@@ -288,8 +288,10 @@ def test_truncated_equals_untruncated_and_separate_grads(model, policy):
         rel, chunk = 1e-6, 2
     else:
         # float32 rounding of a transformer's gradient: the untruncated decomposition itself differs from
-        # separate jax.grad calls by ~2e-6 (relative L2) here, whatever the truncation
-        (logprob_fn, params), rel, chunk = model, 5e-6, None
+        # separate jax.grad calls by 2e-6 to 5e-6 (relative L2) here, whatever the truncation, depending on
+        # XLA's optimisation level. A truncation error (a missing or doubled position) is O(0.1) or more;
+        # exactness is checked in float64 (test_truncated_chunked_backward_is_exact_float64).
+        (logprob_fn, params), rel, chunk = model, 2e-5, None
     batch = make_batch(logprob_fn, params, [[1.0, 0.0, 0.5, 0.0], [0.0, 1.0, 1.0, 0.25]])
     prompt, spec = jnp.asarray(PROMPT), methods.get("grpo", beta=0.0)
     tree = prefix.prefix_tree(TOKENS, MASK)
