@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import jax.numpy as jnp
@@ -80,13 +81,42 @@ def _probe_logp(result: jtrain.TrainResult) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")  # session: xdist interleaves modules on a worker, a module fixture would rerun
-def full_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("full")
-    seen = []
-    result = jtrain.train(
-        CONFIG, out, on_step=lambda s, m: seen.append(s), compiler_options=FAST, metrics_fn=prefix_metrics
-    )
-    assert seen == [0, 1, 2, 3]
+def full_run(tmp_path_factory, worker_id):
+    """(run directory, TrainResult) of CONFIG's 4 steps, trained once per test session.
+
+    Under xdist each worker has its own session: the first worker to get here trains into a directory
+    the workers share (this session's base temp), the others wait for it and load the finished run
+    (``jtrain.train`` on a finished directory runs no step: test_resume_of_a_finished_run...).
+    """
+    if worker_id == "master":
+        out, first = tmp_path_factory.mktemp("full"), True
+    else:
+        shared = tmp_path_factory.getbasetemp().parent  # one per session, shared by its workers
+        out = shared / "full_run"
+        try:
+            os.close(os.open(shared / "full_run.claimed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            first = True
+        except FileExistsError:
+            first = False
+    if first:
+        seen = []
+        try:
+            result = jtrain.train(
+                CONFIG, out, on_step=lambda s, m: seen.append(s), compiler_options=FAST, metrics_fn=prefix_metrics
+            )
+        finally:
+            if worker_id != "master":
+                (out.parent / "full_run.done").write_text("ok" if seen == [0, 1, 2, 3] else "failed")
+        assert seen == [0, 1, 2, 3]
+        return out, result
+    done = out.parent / "full_run.done"
+    for _ in range(6000):  # 10 min
+        if done.exists():
+            break
+        time.sleep(0.1)
+    assert done.exists() and done.read_text() == "ok", "the worker that trained full_run failed or timed out"
+    result = jtrain.train(CONFIG, out, on_step=lambda s, m: pytest.fail("no step should run"), compiler_options=FAST)
+    assert result.step == 4
     return out, result
 
 
