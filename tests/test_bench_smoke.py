@@ -204,9 +204,11 @@ def test_the_inner_loop_is_quoted_against_its_layout_and_its_ceiling():
     assert "| vmapped_table |" in body and "flat_policy" in body
 
 
-def _loss_row(bound_exp_s: float, floor_s: float = 1.0) -> dict:
+def _loss_row(bound_exp_s: float, floor_s: float = 1.0, outputs_s: float | None = None) -> dict:
     names = ("jgrpo", "jgrpo_autodiff", "bound_copy", "bound_exp", "bound_two_pass", "bound_copy_inplace")
     times = {n: _timing(s) for n, s in zip(names, (10.0, 20.0, 1.2, bound_exp_s, 5.0, 0.9), strict=True)}
+    if outputs_s is not None:
+        times["bound_outputs"] = _timing(outputs_s)
     row = {"case": "ppo-clip token-mean", "rows": 1024, "T": 4096, **loss.path_ratios(times, floor_s, floor_s)}
     return row | loss.bound_ratios(times, floor_s)
 
@@ -220,16 +222,25 @@ def test_the_floor_goal_is_reported_against_its_measured_bound():
     assert (row["fused_vs_bound"], row["fused_vs_two_pass"]) == (pytest.approx(10 / 3), pytest.approx(2.0))
     (g,) = loss.goals({"rows": [row]})
     assert (g["goal"], g["measured"], g["met"]) == ("loss_vs_floor", pytest.approx(10.0), False)
-    assert g["also"]["measured bound: same I/O + exp / floor"] == pytest.approx(3.0)
+    assert g["also"]["same I/O + exp, no value / floor"] == pytest.approx(3.0)
     assert g["also"]["two-pass bound / floor"] == pytest.approx(5.0)
     text = " ".join(loss.summary({"rows": [row]}))
-    assert "takes 3x the floor: above the 2x goal at every size, so the floor is out of reach here" in text
+    assert "takes 3x the floor: above the 2x goal in every row, so the floor is out of reach here" in text
     assert "in two passes, as a loss whose gradient waits for a reduction, 5x" in text
     # a bound within the goal says the floor is reachable: the verdict follows the numbers
     text = " ".join(loss.summary({"rows": [_loss_row(bound_exp_s=1.8)]}))
     assert "takes 1.8x the floor: within the 2x goal" in text
     body = "\n".join(loss._render_bounds([row]))
     assert "bound_two_pass / floor" in body and "| 3 |" in body
+    # with both outputs timed, that program is the bound: 1.9 (no value) is within 2x, 2.2 (with it) is not
+    row = _loss_row(bound_exp_s=1.9, outputs_s=2.2)
+    assert row["bound_outputs_floor_ratio"] == pytest.approx(2.2)
+    (g,) = loss.goals({"rows": [row]})
+    assert g["also"]["measured bound: least program with loss+grad's outputs / floor"] == pytest.approx(2.2)
+    text = " ".join(loss.summary({"rows": [row]}))
+    assert "a value reduced from the gradient) takes 2.2x the floor: above the 2x goal in every row" in text
+    assert "without the value 1.9x" in text
+    assert "bound_outputs / floor" in "\n".join(loss._render_bounds([row]))
 
 
 def _train(fraction: float) -> dict:
