@@ -333,6 +333,16 @@ def test_readme_section_sets_runs_side_by_side(tmp_path):
     assert train_row.endswith("| **0.029** | — |")  # missed goal in bold; the GPU run has no train row
     assert "Measured in the run on cpu (2 cores), synthetic:" in text
     assert "float32 2048x2048 matrices (2 n^3 FLOPs) on cpu (" in text
+    # two runs of one configuration on one device: their columns are told apart by the start time
+    again = _result("cpu (2 cores)", timed_chunks=23)
+    again["meta"]["started"] = "2026-01-02 03:04:05"
+    write_json(tmp_path / "bench_cpu2.json", again)
+    header = next(
+        line
+        for line in readme.render([cpu, tmp_path / "bench_cpu2.json"], link_root=tmp_path).splitlines()
+        if line.startswith("| goal |")
+    )
+    assert "cpu (2 cores), synthetic, 2026-01-01 00:00:00 | cpu (2 cores), synthetic, 2026-01-02 03:04:05" in header
 
 
 def test_update_readme_replaces_only_the_marked_section(tmp_path):
