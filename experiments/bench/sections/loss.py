@@ -8,15 +8,17 @@ torch run on identical float32 inputs; the floor is the bytes the computation mu
 (read logp, logp_old, mask and rewards, write the gradient) over the in-place copy
 bandwidth of the ``bandwidth`` section (same run, same device). The value alone (no
 gradient) is timed too: with the gradient pass, it splits the fused time into its two passes.
-The floor goal's measured bound runs in the same race: the least programs with the same
-inputs and outputs (:data:`BOUNDS`: the same I/O alone, with the per-token exp, with a value
-reduced from the gradient as well, and the two passes of a loss whose gradient waits for a
-reduction), each over the floor.
+The floor goal's measured bound runs in the same race: programs with the same inputs and
+outputs that do less than the loss (:data:`BOUNDS`: the same I/O alone, with the per-token exp,
+with a value reduced from the gradient as well), and, per loss, the least programs with that
+loss's passes (:data:`STRUCTURES`: what its value and gradient cannot do without on XLA), each
+over the floor.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -102,35 +104,62 @@ def floor_bytes(b: int, g: int, t: int) -> int:
     return 4 * (4 * b * g * t + b * g)
 
 
-# The measured bound of the floor goal: the least programs with loss+grad's inputs and output.
+# Programs that bound the floor goal from below: loss+grad's inputs and output, less of its work.
 BOUNDS = {
     "bound_copy": "reads logp, logp_old, mask, rewards; writes a fresh [B, G, T] array m (logp - logp_old) r_i: "
     "exactly the floor's bytes, no transcendental",
-    "bound_exp": "the same plus the exp of each token's log-ratio that every ratio loss evaluates, "
-    "m exp(logp - logp_old) A_i: the least that any loss+grad here must do",
+    "bound_exp": "the same plus the exp of each token's log-ratio that every token-ratio loss evaluates, "
+    "m exp(logp - logp_old) A_i",
     "bound_two_pass": "the unclipped token-mean surrogate by hand in the two passes of a loss whose gradient needs a "
-    "reduction first (1 / sum m, per-completion lengths, GSPO's sequence ratio): row sums of m s A and m "
-    "(reads 12 bytes/token, one exp each), then the gradient (reads 12, writes 4, exp again); 28 bytes/token, "
-    "1.75x the floor's 16 at copy bandwidth",
+    "reduction first (1 / sum m, per-completion lengths): row sums of m s A and m, then the gradient m s A / n; "
+    "XLA computes m s once into a temporary (reads 12 bytes/token, writes 4) that the row sums and the gradient "
+    "read (4 + 4, writes 4), the mask's row sums read 4: 32 bytes/token, 2x the floor's 16 at copy bandwidth",
+    "bound_counts": "a token-ratio loss the other way round: row sums of m, m [x > log(1 + eps)], m [x < log(1 - eps)] "
+    "(x the log-ratio; reads 12 bytes/token, no exp), then the gradient m exp(x) A_i / n (reads 12, writes 4), "
+    "then the value from the gradient's sum and the clipped tokens' counts (reads 4); 32 bytes/token",
+    "bound_sequence": "a sequence-ratio loss (GSPO) by hand: row sums of m and m x (reads 12 bytes/token, no exp), "
+    "the clipped sequence term per completion, then the gradient m k_i from the mask alone (reads 4, writes 4); "
+    "20 bytes/token, 1.25x the floor",
     "bound_copy_inplace": "bound_copy writing into a donated buffer (no fresh output: no page faults), "
     "the bandwidth probe's situation",
     "bound_outputs": "bound_exp's gradient plus a value reduced from it (sum m exp(logp - logp_old) A_i): both "
-    "outputs of loss+grad, the reduction reading the cheapest array it can (4 bytes/token, the output); XLA's CPU "
-    "backend does not fuse a reduction with an elementwise output, so this is the least any loss+grad here does",
+    "outputs of loss+grad for an unclipped surrogate, the reduction reading the cheapest array it can "
+    "(4 bytes/token, the output); a clipped loss cannot do this (its value holds c A_i of the clipped tokens, "
+    "where its gradient is 0)",
+}
+
+# The least programs with each loss's passes, on XLA's CPU backend, which fuses no reduction with an
+# elementwise [B, G, T] output into one loop (a program with both writes the shared part out, or computes
+# it twice). A clipped token-ratio loss (ppo-clip) reduces the clipped term over the inputs for its value
+# (its gradient, 0 on the clipped tokens, does not carry it) and its gradient waits for 1 / sum m or the
+# lengths: two passes over the inputs, as bound_two_pass, or counts first, as bound_counts; a sequence-
+# ratio loss (GSPO) needs the row sums before any gradient: bound_sequence. The fused path itself (blocks of
+# rows that stay in cache, one DRAM sweep for the value) is a third such program; the least of them is the
+# goal's measured bound.
+STRUCTURES = {
+    "token ratio": ("bound_two_pass", "bound_counts"),
+    "sequence ratio": ("bound_sequence",),
 }
 
 
-def bound_programs(logp: jax.Array, batch: jgrpo.GroupBatch) -> dict[str, Callable[[], Any]]:
+def structure(spec: jgrpo.MethodSpec) -> str:
+    """Which :data:`STRUCTURES` entry a bench case's loss has."""
+    return "sequence ratio" if spec.objective == jgrpo.methods.Objective.GSPO else "token ratio"
+
+
+def bound_programs(logp: jax.Array, batch: jgrpo.GroupBatch, eps: float = 0.2) -> dict[str, Callable[[], Any]]:
     """The :data:`BOUNDS` programs on the loss's inputs, as blocking closures for :func:`race`.
 
-    None of them is the loss: ``bound_copy`` and ``bound_exp`` are the least any loss+grad with these
-    inputs and this output does (read ``logp``, ``logp_old``, ``mask`` and ``rewards``; write a fresh
-    ``[B, G, T]`` gradient; one exp per token), ``bound_outputs`` the same with a value reduced from
-    the gradient (both outputs: the least any loss+grad does where a reduction is its own loop),
-    ``bound_two_pass`` the least a loss whose gradient waits for a reduction does, all as XLA programs
-    on the same device.
+    None of them is the loss (``eps`` is the clip width of ``bound_counts`` and ``bound_sequence``):
+    ``bound_copy`` and ``bound_exp`` are the least any loss+grad with these inputs and this output does
+    (read ``logp``, ``logp_old``, ``mask`` and ``rewards``; write a fresh ``[B, G, T]`` gradient; one
+    exp per token), ``bound_outputs`` the same with a value reduced from the gradient (both outputs of
+    an unclipped surrogate), ``bound_two_pass``, ``bound_counts`` and ``bound_sequence`` the least
+    with the passes of each loss (:data:`STRUCTURES`), all as XLA programs on the same device.
     """
     lp_old, mask, rewards = batch.logp_old, batch.mask, batch.rewards
+    g = mask.shape[-2]
+    lo, hi = math.log(1.0 - eps), math.log(1.0 + eps)
 
     def centred(r):
         return r - jnp.mean(r, axis=-1, keepdims=True)
@@ -140,8 +169,8 @@ def bound_programs(logp: jax.Array, batch: jgrpo.GroupBatch) -> dict[str, Callab
 
     @jax.jit
     def outputs(lp, old, m, r):
-        g = m * jnp.exp(lp - old) * centred(r)[..., None]
-        return jnp.sum(g), g
+        grad = m * jnp.exp(lp - old) * centred(r)[..., None]
+        return jnp.sum(grad), grad
 
     @jax.jit
     def two_pass(lp, old, m, r):
@@ -150,6 +179,27 @@ def bound_programs(logp: jax.Array, batch: jgrpo.GroupBatch) -> dict[str, Callab
         rows = lax.optimization_barrier(rows)  # the reduction pass completes before the gradient pass
         n = jnp.maximum(jnp.sum(rows[1]), 1.0)
         return jnp.sum(rows[0]) / n, m * jnp.exp(lp - old) * (a / n)[..., None]
+
+    @jax.jit
+    def counts(lp, old, m, r):
+        # one variadic reduce (one loop) and barriers between the passes: the fastest of the forms tried
+        a, x = centred(r), lp - old
+        zero = jnp.zeros((), x.dtype)
+        rows = lax.reduce((m, m * (x > hi), m * (x < lo)), (zero,) * 3, _add_all, (x.ndim - 1,))
+        length, n_hi, n_lo = lax.optimization_barrier(rows)
+        n = jnp.maximum(jnp.sum(length), 1.0)
+        grad = lax.optimization_barrier(m * jnp.exp(x) * (a / n)[..., None])
+        return jnp.sum(grad) + jnp.sum(a * ((1.0 + eps) * n_hi + (1.0 - eps) * n_lo)) / n, grad
+
+    @jax.jit
+    def sequence(lp, old, m, r):
+        x = jnp.where(m != 0, lp - old, 0.0)
+        zero = jnp.zeros((), x.dtype)
+        length, total = lax.optimization_barrier(lax.reduce((m, x), (zero, zero), _add_all, (x.ndim - 1,)))
+        safe = jnp.maximum(length, 1.0)
+        s, a = jnp.exp(total / safe), centred(r)
+        k = jnp.minimum(s * a, jnp.clip(s, 1.0 - eps, 1.0 + eps) * a) / (safe * g)
+        return jnp.sum(k * length), m * k[..., None]
 
     inplace = jax.jit(lambda y, old, m, r: m * (y - old) * r[..., None], donate_argnums=0)
     state = {"y": jnp.array(logp, copy=True)}
@@ -163,21 +213,29 @@ def bound_programs(logp: jax.Array, batch: jgrpo.GroupBatch) -> dict[str, Callab
         "bound_copy": blocking(copy, *args),
         "bound_exp": blocking(exp, *args),
         "bound_two_pass": blocking(two_pass, *args),
+        "bound_counts": blocking(counts, *args),
+        "bound_sequence": blocking(sequence, *args),
         "bound_copy_inplace": run_inplace,
         "bound_outputs": blocking(outputs, *args),
     }
 
 
-def bound_ratios(times: dict[str, Timing], floor_s: float) -> dict[str, float]:
+def _add_all(xs, ys):
+    """The combiner of a variadic sum (one loop over every operand)."""
+    return tuple(x + y for x, y in zip(xs, ys, strict=True))
+
+
+def bound_ratios(times: dict[str, Timing], floor_s: float, kind: str | None = None) -> dict[str, float | str]:
     """Each bound program's time over the floor, and the fused path's over the bounds.
 
-    ``bound_floor_ratio`` is ``bound_exp``'s (the I/O and the exp, no value); ``bound_outputs_floor_ratio``
-    ``bound_outputs``' (the same with the value: the least any loss+grad here does, the goal's measured
-    bound); ``fused_vs_bound`` the fused path's time over ``bound_exp`` and ``fused_vs_two_pass`` over
-    ``bound_two_pass``. The in-place copy does not return a fresh array as loss+grad must: reported,
-    never the bound.
+    ``bound_floor_ratio`` is ``bound_exp``'s (the I/O and the exp, no value); ``fused_vs_bound`` the
+    fused path's time over ``bound_exp`` and ``fused_vs_two_pass`` over ``bound_two_pass``. With
+    ``kind`` (a :data:`STRUCTURES` key: the loss's passes), ``least_floor_ratio`` is the least of the
+    fused path and that structure's bound programs over the floor (the goal's measured bound) and
+    ``least_program`` which one it was. The in-place copy does not return a fresh array as
+    loss+grad must: reported, never the bound.
     """
-    out: dict[str, float] = {}
+    out: dict[str, float | str] = {}
     for name in BOUNDS:
         if name in times:
             out[f"{name}_s"] = times[name].median
@@ -187,6 +245,14 @@ def bound_ratios(times: dict[str, Timing], floor_s: float) -> dict[str, float]:
         out["fused_vs_bound"] = times["jgrpo"].median / times["bound_exp"].median
     if "bound_two_pass" in times:
         out["fused_vs_two_pass"] = times["jgrpo"].median / times["bound_two_pass"].median
+    if kind is not None:
+        if kind not in STRUCTURES:
+            raise ValueError(f"kind must be one of {sorted(STRUCTURES)}; got {kind!r}")
+        candidates = {n: times[n].median for n in ("jgrpo", *STRUCTURES[kind]) if n in times}
+        least = min(candidates, key=candidates.__getitem__)
+        out["structure"] = kind
+        out["least_program"] = "fused path" if least == "jgrpo" else least
+        out["least_floor_ratio"] = candidates[least] / floor_s
     return out
 
 
@@ -280,7 +346,7 @@ def measure(cfg: Config, ctx: Context) -> dict[str, Any]:
                 row["check"] = _check(f(logp, batch), verl(), (b, g, t))
             times = race(fns, rounds=cfg.rounds, budget_s=cfg.budget_s)
             row.update(path_ratios(times, floor_s, value_floor_s=floor_s * value_floor_fraction(b, g, t)))
-            row.update(bound_ratios(times, floor_s))
+            row.update(bound_ratios(times, floor_s, structure(spec)))
             if "verl" in times:
                 row.update(_verl_ratios(times))
             else:
@@ -409,9 +475,15 @@ def goals(loss: dict[str, Any]) -> list[dict[str, Any]]:
                 )
             )
         also = {"autodiff path": r["autodiff_floor_ratio"]}
+        if "least_floor_ratio" in r:
+            also[f"measured bound: least program with this loss's passes ({r['least_program']}) / floor"] = r[
+                "least_floor_ratio"
+            ]
         if "bound_floor_ratio" in r:
             if "bound_outputs_floor_ratio" in r:
-                also["measured bound: least program with loss+grad's outputs / floor"] = r["bound_outputs_floor_ratio"]
+                also["I/O + exp + a value reduced from the gradient (unclipped) / floor"] = r[
+                    "bound_outputs_floor_ratio"
+                ]
             also["same I/O + exp, no value / floor"] = r["bound_floor_ratio"]
             if "bound_two_pass_floor_ratio" in r:
                 also["two-pass bound / floor"] = r["bound_two_pass_floor_ratio"]
@@ -549,24 +621,32 @@ def _render_bounds(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return []
     names = [n for n in BOUNDS if f"{n}_floor_ratio" in rows[0]]
+    least = all("least_floor_ratio" in r for r in rows)
     body = [
         [r["case"], f"{r['rows']}x{r['T']}", r["floor_ratio"]]
         + [r.get(f"{n}_floor_ratio", "") for n in names]
-        + [r.get("fused_vs_bound", ""), r.get("fused_vs_two_pass", "")]
+        + ([r["structure"], r["least_program"], r["least_floor_ratio"]] if least else [])
         for r in rows
     ]
     header = ["case", "B*G x T", "fused / floor"] + [f"{n} / floor" for n in names]
-    header += ["fused / bound_exp", "fused / bound_two_pass"]
-    return [
-        "Measured bound of the floor goal (same race, same inputs): programs that do only what loss+grad "
-        "cannot avoid. "
+    header += ["passes", "least program with them", "least / floor"] if least else []
+    text = (
+        "Measured bound of the floor goal (same race, same inputs). "
         + " ".join(f"{n}: {BOUNDS[n]}." for n in names)
-        + f" If bound_outputs takes more than {GOALS['loss_vs_floor']:g}x the floor, the floor as defined is out "
-        "of reach on this machine for any XLA program with loss+grad's inputs, outputs and exps; the goal stays "
-        "as defined and is judged on the fused path.",
-        "",
-        table(header, body),
-    ]
+        + " bound_copy, bound_exp, bound_copy_inplace and bound_outputs skip a pass that every loss here needs; "
+    )
+    if least:
+        text += (
+            "the goal's measured bound is the least program with the loss's own passes (the fused path or "
+            + "; ".join(f"for a {k} loss {', '.join(v)}" for k, v in STRUCTURES.items())
+            + "): XLA's CPU backend fuses no reduction with an elementwise [B, G, T] output, a clipped "
+            "token-ratio loss reduces its clipped term over the inputs (its gradient is 0 on the clipped tokens) "
+            "and its gradient waits for a reduction, and a sequence-ratio loss needs its row sums before any "
+            f"gradient. Where that least program takes more than {GOALS['loss_vs_floor']:g}x the floor, no XLA "
+            "program with the loss's passes measured here reaches the floor as defined; the goal stays as "
+            "defined and is judged on the fused path."
+        )
+    return [text, "", table(header, body)]
 
 
 def _span(values: list[float], fmt: str = ".3g") -> str:
@@ -608,17 +688,18 @@ def summary(loss: dict[str, Any]) -> list[str]:
     bounded = [r for r in rows if "bound_floor_ratio" in r]
     if bounded:
         target = GOALS["loss_vs_floor"]
-        key = (
-            "bound_outputs_floor_ratio"
-            if all("bound_outputs_floor_ratio" in r for r in bounded)
-            else "bound_floor_ratio"
-        )
-        what = (
-            "the least program with loss+grad's inputs and outputs (fresh gradient, one exp per token, a value "
-            "reduced from the gradient)"
-            if key == "bound_outputs_floor_ratio"
-            else "the least program with loss+grad's inputs, fresh gradient output and per-token exp (no loss)"
-        )
+        if all("least_floor_ratio" in r for r in bounded):
+            key = "least_floor_ratio"
+            what = (
+                "the least program with each loss's passes (the fused path or the bound programs of a "
+                "token-ratio or a sequence-ratio loss)"
+            )
+        elif all("bound_outputs_floor_ratio" in r for r in bounded):
+            key = "bound_outputs_floor_ratio"
+            what = "the I/O, one exp per token and a value reduced from the gradient (an unclipped surrogate)"
+        else:
+            key = "bound_floor_ratio"
+            what = "the least program with loss+grad's inputs, fresh gradient output and per-token exp (no loss)"
         text = f"Measured bound of the floor goal: {what} takes {_span([r[key] for r in bounded])}x the floor"
         above = [f"{r['rows']}x{r['T']} {r['case']}" for r in bounded if r[key] > target]
         if len(above) == len(bounded):
@@ -627,9 +708,17 @@ def summary(loss: dict[str, Any]) -> list[str]:
             text += f": above the {target:g}x goal for {', '.join(above)}"
         else:
             text += f": within the {target:g}x goal (the floor is reachable by such a program)"
-        if key == "bound_outputs_floor_ratio":
+        if key == "least_floor_ratio":
+            which = sorted({r["least_program"] for r in bounded})
+            text += f" (the least: {', '.join(which)})"
+            if all("bound_outputs_floor_ratio" in r for r in bounded):
+                text += (
+                    f"; doing less than any clipped loss, the I/O with a value reduced from the gradient "
+                    f"{_span([r['bound_outputs_floor_ratio'] for r in bounded])}x"
+                )
+        elif key == "bound_outputs_floor_ratio":
             text += f"; without the value {_span([r['bound_floor_ratio'] for r in bounded])}x"
-        if all("bound_two_pass_floor_ratio" in r for r in bounded):
+        if key != "least_floor_ratio" and all("bound_two_pass_floor_ratio" in r for r in bounded):
             text += (
                 f"; in two passes, as a loss whose gradient waits for a reduction, "
                 f"{_span([r['bound_two_pass_floor_ratio'] for r in bounded])}x"
