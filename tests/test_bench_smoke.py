@@ -251,7 +251,7 @@ def test_the_floor_goals_bound_is_the_least_program_with_the_losss_passes():
         "each loss's passes (the fused path or the bound programs of a token-ratio or a sequence-ratio loss) " in text
     )
     assert "takes 4x the floor: above the 2x goal in every row, so the floor is out of reach here" in text
-    assert "(the least: bound_counts); doing less than any clipped loss, the I/O with a value reduced" in text
+    assert "(the least: bound_counts); skipping a pass that every loss here needs, the I/O with a value reduced" in text
     body = "\n".join(loss._render_bounds([row]))
     assert "| token ratio | bound_counts | 4 |" in body and "bound_outputs / floor" in body
     # the fused path counts among the programs: faster than the bounds, it is the bound

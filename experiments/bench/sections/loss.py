@@ -713,7 +713,7 @@ def summary(loss: dict[str, Any]) -> list[str]:
             text += f" (the least: {', '.join(which)})"
             if all("bound_outputs_floor_ratio" in r for r in bounded):
                 text += (
-                    f"; doing less than any clipped loss, the I/O with a value reduced from the gradient "
+                    f"; skipping a pass that every loss here needs, the I/O with a value reduced from the gradient "
                     f"{_span([r['bound_outputs_floor_ratio'] for r in bounded])}x"
                 )
         elif key == "bound_outputs_floor_ratio":
