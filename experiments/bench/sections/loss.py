@@ -35,6 +35,7 @@ from experiments.bench.harness import Timing, blocking, cost, faults_per_call, o
 from experiments.bench.registry import Context, Section
 from experiments.bench.render import fmt_ops, table
 from experiments.bench.sections.bandwidth import reference
+from jgrpo.fused import _row_sums  # row sums of several arrays as one variadic reduce (one loop)
 from jgrpo.methods import Scale
 
 __all__ = ["SECTION", "cases", "loss_data", "loss_grad_fn"]
@@ -184,9 +185,7 @@ def bound_programs(logp: jax.Array, batch: jgrpo.GroupBatch, eps: float = 0.2) -
     def counts(lp, old, m, r):
         # one variadic reduce (one loop) and barriers between the passes: the fastest of the forms tried
         a, x = centred(r), lp - old
-        zero = jnp.zeros((), x.dtype)
-        rows = lax.reduce((m, m * (x > hi), m * (x < lo)), (zero,) * 3, _add_all, (x.ndim - 1,))
-        length, n_hi, n_lo = lax.optimization_barrier(rows)
+        length, n_hi, n_lo = lax.optimization_barrier(_row_sums((m, m * (x > hi), m * (x < lo))))
         n = jnp.maximum(jnp.sum(length), 1.0)
         grad = lax.optimization_barrier(m * jnp.exp(x) * (a / n)[..., None])
         return jnp.sum(grad) + jnp.sum(a * ((1.0 + eps) * n_hi + (1.0 - eps) * n_lo)) / n, grad
@@ -194,8 +193,7 @@ def bound_programs(logp: jax.Array, batch: jgrpo.GroupBatch, eps: float = 0.2) -
     @jax.jit
     def sequence(lp, old, m, r):
         x = jnp.where(m != 0, lp - old, 0.0)
-        zero = jnp.zeros((), x.dtype)
-        length, total = lax.optimization_barrier(lax.reduce((m, x), (zero, zero), _add_all, (x.ndim - 1,)))
+        length, total = lax.optimization_barrier(_row_sums((m, x)))
         safe = jnp.maximum(length, 1.0)
         s, a = jnp.exp(total / safe), centred(r)
         k = jnp.minimum(s * a, jnp.clip(s, 1.0 - eps, 1.0 + eps) * a) / (safe * g)
@@ -218,11 +216,6 @@ def bound_programs(logp: jax.Array, batch: jgrpo.GroupBatch, eps: float = 0.2) -
         "bound_copy_inplace": run_inplace,
         "bound_outputs": blocking(outputs, *args),
     }
-
-
-def _add_all(xs, ys):
-    """The combiner of a variadic sum (one loop over every operand)."""
-    return tuple(x + y for x, y in zip(xs, ys, strict=True))
 
 
 def bound_ratios(times: dict[str, Timing], floor_s: float, kind: str | None = None) -> dict[str, float | str]:
